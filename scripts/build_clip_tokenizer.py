@@ -47,7 +47,8 @@ def main() -> None:
     parser.add_argument("bpe_gz", type=Path, help="path to bpe_simple_vocab_16e6.txt.gz")
     parser.add_argument("--out", type=Path, default=OUT_DIR)
     args = parser.parse_args()
-    lines = gzip.open(args.bpe_gz, "rt", encoding="utf-8").read().split("\n")
+    with gzip.open(args.bpe_gz, "rt", encoding="utf-8") as f:
+        lines = f.read().split("\n")
     merges = [tuple(line.split()) for line in lines[1 : NUM_MERGES + 1]]
     vocab = build_vocab(merges)
     assert len(vocab) == 49408, len(vocab)

@@ -1,0 +1,93 @@
+"""Lightning callbacks of this project: the learning check and the final export.
+
+Why a learning check: a known silent failure in peer trainers is a text encoder that never actually
+trains (no grads reach it, or its weights are excluded from the optimizer) while the loss still moves.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as L
+import torch
+from lightning.pytorch.utilities import rank_zero_only
+
+from ldm.module import TextEncoderFineTuner
+
+
+class LearningCheck(L.Callback):
+    """Log grad norm and relative weight drift ‖θ−θ₀‖/‖θ₀‖; stop if weights haven't moved after N steps."""
+
+    def __init__(self, check_after_steps: int) -> None:
+        self.check_after_steps = check_after_steps
+        self._initial: dict[str, torch.Tensor] = {}
+        self._start_step = 0
+        self._saw_gradient = False
+        self._checked = False
+
+    def _trainable(self, pl_module: L.LightningModule) -> dict[str, torch.nn.Parameter]:
+        return {n: p for n, p in pl_module.named_parameters() if p.requires_grad}
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._initial = {n: p.detach().clone() for n, p in self._trainable(pl_module).items()}
+        self._start_step = trainer.global_step
+        self._checked = False
+
+    def on_before_optimizer_step(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        grads = [p.grad for p in self._trainable(pl_module).values() if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+        self._saw_gradient |= bool(norm > 0)
+        pl_module.log("train/grad_norm", norm, on_step=True, on_epoch=False)
+
+    def relative_drift(self, pl_module: L.LightningModule) -> float:
+        """‖θ−θ₀‖ / ‖θ₀‖ over all trainable tensors."""
+        diff = sum(((p.detach() - self._initial[n]) ** 2).sum() for n, p in self._trainable(pl_module).items())
+        base = sum((t**2).sum() for t in self._initial.values())
+        return float(torch.sqrt(diff) / torch.sqrt(base).clamp_min(1e-12))
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        steps = trainer.global_step - self._start_step
+        check_now = steps >= self.check_after_steps and not self._checked
+        if not (check_now or trainer.global_step % max(trainer.log_every_n_steps, 1) == 0):
+            return
+        drift = self.relative_drift(pl_module)
+        pl_module.log("train/weight_drift", drift, on_step=True, on_epoch=False)
+        self._checked |= check_now
+        if check_now and (drift == 0.0 or not self._saw_gradient):
+            raise RuntimeError(
+                f"learning check failed: after {steps} optimizer steps the trainable weights "
+                f"{'have not moved' if drift == 0.0 else 'moved only by weight decay'} "
+                f"(relative drift {drift:.3g}, any non-zero gradient: {self._saw_gradient}). "
+                "Gradients are not reaching the trainable parameters; check model.trainable and the optimizer."
+            )
+
+
+class ExportFinalModel(L.Callback):
+    """At the end of fit write `final_weights.pt` and `save_pretrained` folders of what was trained."""
+
+    def __init__(self, dirpath: str) -> None:
+        self.dirpath = Path(dirpath)
+
+    @rank_zero_only
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not isinstance(pl_module, TextEncoderFineTuner) or trainer.sanity_checking:
+            return
+        export_final_model(pl_module, self.dirpath)
+
+
+def export_final_model(module: TextEncoderFineTuner, dirpath: Path) -> Path:
+    """Export trainable weights so `StableDiffusionPipeline.from_pretrained(base, text_encoder=...)` works."""
+    dirpath.mkdir(parents=True, exist_ok=True)
+    weights = {k: v.detach().float().cpu().contiguous() for k, v in module.trainable_state_dict().items()}
+    torch.save(weights, dirpath / "final_weights.pt")
+    for name in ("text_encoder", "unet"):
+        if name in module.trainable_names:
+            getattr(module, name).save_pretrained(dirpath / name, safe_serialization=True)
+    module.tokenizer.save_pretrained(dirpath / "tokenizer")
+    info = {**module.checkpoint_signature(), "prediction_type": module.noise_scheduler.config.prediction_type}
+    (dirpath / "export.json").write_text(json.dumps(info, indent=2) + "\n")
+    return dirpath

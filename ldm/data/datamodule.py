@@ -1,0 +1,157 @@
+"""Flickr8k as a LightningDataModule: batches of pixels, token ids and captions for text-encoder tuning.
+
+Built by `hydra.utils.instantiate(cfg.data, tokenizer=tokenizer)`; every default lives in
+conf/data/flickr8k.yaml, so all parameters here are required.
+"""
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from ldm.data.dataset import CaptionCollator, CaptionDataset, FileSource
+from ldm.data.hub import HubConfig, HubSource, load_hub_split
+from ldm.data.images import ImageTransform
+from ldm.data.layouts import SPLITS, find_layout, load_folder
+from ldm.data.synthetic import write_captioned_images
+
+LAYOUTS = ("auto", "original", "kaggle", "hub")
+GENERATE_KEYS = {"num_images", "image_size", "seed", "layout"}
+_STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ()}
+
+
+class Flickr8kDataModule(L.LightningDataModule):
+    """Batches: {"pixel_values": (B, 3, R, R) float32 in [-1, 1], "input_ids": (B, max_length) int64,
+    "captions": list[str]}. Splits: train (shuffled, augmented, random caption), val and test (fixed).
+
+    layout: original | kaggle | hub, or auto (detects original/kaggle from the files in `root`).
+    generate: None, or write_captioned_images() arguments: `prepare_data` then writes a generated set
+    at `root` when it holds no data yet (the offline experiment).
+    """
+
+    def __init__(
+        self,
+        *,
+        tokenizer,
+        root: str | Path,
+        layout: str,
+        resolution: int,
+        center_crop: bool,
+        random_flip: bool,
+        batch_size: int,
+        num_workers: int,
+        caption_dropout: float,
+        val_fraction: float,
+        split_seed: int,
+        max_length: int,
+        hub: Mapping | None,
+        generate: Mapping | None,
+    ) -> None:
+        super().__init__()
+        _check_config(layout, resolution, batch_size, num_workers, caption_dropout, val_fraction, max_length)
+        self.save_hyperparameters(ignore=["tokenizer"])
+        self.root = Path(root)
+        self.layout = layout
+        self.hub = _hub_config(hub) if layout == "hub" else None
+        self.generate = _generate_config(generate, layout)
+        self.collate = CaptionCollator(tokenizer, max_length)
+        self.splits: dict[str, CaptionDataset] = {}
+
+    def prepare_data(self) -> None:
+        """Runs once per node: writes the generated set, or fetches the hub dataset into the cache."""
+        if self.generate is not None and find_layout(self.root) is None:
+            write_captioned_images(self.root, **self.generate)
+        if self.hub is not None:
+            for split in SPLITS:
+                load_hub_split(self.hub, split)
+
+    def setup(self, stage: str | None = None) -> None:
+        needed = [s for s in _STAGE_SPLITS.get(stage, SPLITS) if s not in self.splits]
+        if not needed:
+            return
+        hp = self.hparams
+        if self.hub is not None:
+            sources = {s: HubSource(load_hub_split(self.hub, s), self.hub, s) for s in needed}
+        else:
+            samples = load_folder(
+                self.root, self.layout, val_fraction=hp.val_fraction, seed=hp.split_seed, splits=needed
+            )
+            sources = {s: FileSource(v) for s, v in samples.items()}
+        for split, source in sources.items():
+            train = split == "train"
+            transform = ImageTransform(
+                hp.resolution, random_crop=train and not hp.center_crop, random_flip=train and hp.random_flip
+            )
+            self.splits[split] = CaptionDataset(
+                source, transform, train=train, caption_dropout=hp.caption_dropout if train else 0.0
+            )
+        if "train" in needed and len(self.splits["train"]) == 0:
+            raise ValueError(f"Flickr8k train split at {self.hub.name if self.hub else self.root} has no usable images")
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def _loader(self, split: str, *, shuffle: bool) -> DataLoader:
+        if split not in self.splits:
+            self.setup({"train": "fit", "val": "validate", "test": "test"}[split])
+        workers = self.hparams.num_workers
+        return DataLoader(
+            self.splits[split],
+            batch_size=self.hparams.batch_size,
+            shuffle=shuffle,
+            num_workers=workers,
+            collate_fn=self.collate,
+            persistent_workers=workers > 0,
+        )
+
+
+def _check_config(
+    layout: str,
+    resolution: int,
+    batch_size: int,
+    num_workers: int,
+    caption_dropout: float,
+    val_fraction: float,
+    max_length: int,
+) -> None:
+    """Config errors stop here, at instantiate time, before any model loads."""
+    problems = []
+    if layout not in LAYOUTS:
+        problems.append(f"layout={layout!r} (expected one of {', '.join(LAYOUTS)})")
+    for key, value in (("resolution", resolution), ("batch_size", batch_size), ("max_length", max_length)):
+        if value < 1:
+            problems.append(f"{key}={value} (expected >= 1)")
+    if num_workers < 0:
+        problems.append(f"num_workers={num_workers} (expected >= 0)")
+    if not 0.0 <= caption_dropout <= 1.0:
+        problems.append(f"caption_dropout={caption_dropout} (expected in [0, 1])")
+    if not 0.0 <= val_fraction < 0.5:
+        problems.append(f"val_fraction={val_fraction} (expected in [0, 0.5): val and test take it each)")
+    if problems:
+        raise ValueError("bad data config: " + "; ".join(problems))
+
+
+def _hub_config(hub: Mapping | None) -> HubConfig:
+    if hub is None:
+        raise ValueError("layout=hub needs a `hub` block (name, image_column, caption_columns, *_split)")
+    try:
+        return HubConfig(**{**hub, "caption_columns": tuple(hub["caption_columns"])})
+    except (TypeError, KeyError) as e:
+        raise ValueError(f"bad data.hub block {dict(hub)}: {e}") from e
+
+
+def _generate_config(generate: Mapping | None, layout: str) -> dict | None:
+    if generate is None:
+        return None
+    if layout == "hub":
+        raise ValueError("data.generate writes a folder layout; it cannot be combined with layout=hub")
+    if set(generate) != GENERATE_KEYS:
+        raise ValueError(f"data.generate needs exactly the keys {sorted(GENERATE_KEYS)}, got {sorted(generate)}")
+    return dict(generate)

@@ -1,0 +1,239 @@
+"""The LightningModule: frozen VAE and U-Net around a trainable CLIP text encoder.
+
+Why the shape: gradients of the ordinary noise-prediction loss flow through the frozen U-Net into the
+text encoder, so only the text encoder (and an optional width projection) learns; checkpoints hold only
+what learns, never the 3.4 GB of frozen weights.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import lightning.pytorch as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ldm.components import load_components
+from ldm.precision import frozen_weight_dtype
+
+TRAINABLE_CHOICES = ("text_encoder", "unet")
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint was made for another base model or another trainable set."""
+
+
+def _same_source(a: str | None, b: str | None) -> bool:
+    """Hub ids compare as strings; local folders by their real path."""
+    if a is None or b is None:
+        return a == b
+    if os.path.isdir(a) and os.path.isdir(b):
+        return os.path.realpath(a) == os.path.realpath(b)
+    return a == b
+
+
+class TextEncoderFineTuner(L.LightningModule):
+    """Fine-tunes `trainable` parts of Stable Diffusion with the noise-prediction loss."""
+
+    def __init__(
+        self,
+        *,
+        pretrained: str,
+        revision: str | None,
+        variant: str | None,
+        text_encoder: str | None,
+        projection: bool,
+        trainable: Iterable[str],
+        prediction_type: str | None,
+        val_seed: int,
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        lr_scheduler: Callable[..., Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        trainable = list(trainable)
+        bad = sorted(set(trainable) - set(TRAINABLE_CHOICES))
+        if bad or not trainable:
+            raise ValueError(f"model.trainable={trainable}: expected a non-empty subset of {TRAINABLE_CHOICES}")
+        if prediction_type is not None and prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"model.prediction_type={prediction_type!r}: expected null or one of {PREDICTION_TYPES}")
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
+
+        parts = load_components(
+            pretrained,
+            revision=revision,
+            variant=variant,
+            text_encoder=text_encoder,
+            prediction_type=prediction_type,
+        )
+        self.vae, self.unet, self.text_encoder = parts["vae"], parts["unet"], parts["text_encoder"]
+        self.tokenizer, self.noise_scheduler = parts["tokenizer"], parts["scheduler"]
+        self.text_projection = self._build_projection(projection)
+        if self.noise_scheduler.config.prediction_type not in PREDICTION_TYPES:
+            raise ValueError(
+                f"scheduler prediction_type={self.noise_scheduler.config.prediction_type!r} is not supported; "
+                f"set model.prediction_type to one of {PREDICTION_TYPES}"
+            )
+
+        self.trainable_names = [*trainable, *(["text_projection"] if projection else [])]
+        self.frozen_names = [n for n in ("vae", "unet", "text_encoder") if n not in self.trainable_names]
+        for name in ("vae", "unet", "text_encoder", "text_projection"):
+            module = getattr(self, name)
+            if module is not None:
+                module.requires_grad_(name in self.trainable_names)
+        self.train()
+
+    def _build_projection(self, projection: bool) -> nn.Linear | None:
+        """A trainable Linear from the text tower's width to the U-Net's cross-attention width."""
+        width = self.text_encoder.config.hidden_size
+        cross = self.unet.config.cross_attention_dim
+        if projection:
+            return nn.Linear(width, cross)
+        if width != cross:
+            raise ValueError(
+                f"the text encoder outputs {width}-d embeddings but the U-Net's cross_attention_dim is {cross}: "
+                f"set model.projection=true to learn a Linear({width}->{cross}), or use a {cross}-d text encoder"
+            )
+        return None
+
+    # --- frozen parts stay frozen -------------------------------------------------------------------
+    def train(self, mode: bool = True) -> TextEncoderFineTuner:
+        """Lightning calls train() every epoch; frozen parts must stay in eval (no dropout, fixed norms)."""
+        super().train(mode)
+        for name in self.frozen_names:
+            getattr(self, name).eval()
+        return self
+
+    def setup(self, stage: str) -> None:
+        """Under 16-mixed on GPU run frozen parts in fp16; trainable weights stay fp32 for AMP.
+
+        On CPU the frozen weights stay fp32 (autocast picks per-op dtypes), so they stay bit-identical.
+        """
+        if self.trainer.strategy.root_device.type == "cpu":
+            return
+        dtype = frozen_weight_dtype(str(self.trainer.precision))
+        for name in self.frozen_names:
+            getattr(self, name).to(dtype=dtype)
+
+    # --- the shared step ----------------------------------------------------------------------------
+    def encode_text(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """(B, 77) token ids -> (B, 77, cross_attention_dim) U-Net conditioning."""
+        hidden = self.text_encoder(input_ids)[0]  # (B, 77, width)
+        if self.text_projection is not None:
+            hidden = self.text_projection(hidden)
+        return hidden
+
+    def _common_step(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> torch.Tensor:
+        """Noise-prediction loss; `generator` fixes latents, noise and timesteps (validation)."""
+        pixels = batch["pixel_values"]  # (B, 3, H, W) in [-1, 1]
+        with torch.no_grad():
+            posterior = self.vae.encode(pixels.to(self.vae.dtype)).latent_dist
+            latents = posterior.sample(generator).float() * self.vae.config.scaling_factor  # (B, 4, H/8, W/8)
+        noise = torch.randn(latents.shape, generator=generator, device=latents.device)
+        steps = self.noise_scheduler.config.num_train_timesteps
+        timesteps = torch.randint(0, steps, (latents.shape[0],), generator=generator, device=latents.device)
+        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
+        if self.noise_scheduler.config.prediction_type == "v_prediction":
+            target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
+        else:
+            target = noise
+        hidden = self.encode_text(batch["input_ids"])  # (B, 77, cross_attention_dim)
+        pred = self.unet(noisy.to(self.unet.dtype), timesteps, hidden.to(self.unet.dtype)).sample
+        return F.mse_loss(pred.float(), target.float())
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss = self._common_step(batch)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["input_ids"]))
+        return loss
+
+    def _seeded_generator(self, batch_idx: int) -> torch.Generator:
+        """Same noise and timesteps for batch i every epoch, so validation losses compare."""
+        return torch.Generator(device=self.device).manual_seed(self.hparams.val_seed + batch_idx)
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss = self._common_step(batch, self._seeded_generator(batch_idx))
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(batch["input_ids"]))
+        return loss
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss = self._common_step(batch, self._seeded_generator(batch_idx))
+        self.log("test/loss", loss, sync_dist=True, batch_size=len(batch["input_ids"]))
+        return loss
+
+    # --- optimisation -------------------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        if self.optimizer_factory is None:
+            raise RuntimeError("no optimizer: build the module with optimizer=... (train.py does) to fit it")
+        optimizer = self.optimizer_factory(params=[p for p in self.parameters() if p.requires_grad])
+        if self.lr_scheduler_factory is None:
+            return optimizer
+        scheduler = self.lr_scheduler_factory(
+            optimizer=optimizer, num_training_steps=int(self.trainer.estimated_stepping_batches)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # --- light checkpoints --------------------------------------------------------------------------
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Only the weights that learn: what checkpoints and exports hold."""
+        prefixes = tuple(f"{name}." for name in self.trainable_names)
+        return {k: v for k, v in self.state_dict().items() if k.startswith(prefixes)}
+
+    def checkpoint_signature(self) -> dict[str, Any]:
+        """What a checkpoint must agree with to be loaded onto this model."""
+        return {
+            "base": self.hparams.pretrained,
+            "revision": self.hparams.revision,
+            "text_encoder": self.hparams.text_encoder,
+            "trainable": sorted(self.trainable_names),
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        prefixes = tuple(f"{name}." for name in self.trainable_names)
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefixes)}
+        checkpoint["ldm"] = self.checkpoint_signature()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint for another base or trainable set instead of half-loading it silently.
+
+        The frozen weights (already loaded from the base) are put back beside the trainable ones, so
+        Lightning's strict loading still checks every key.
+        """
+        check_checkpoint_fits(checkpoint, self.checkpoint_signature(), self.trainable_state_dict())
+        trainable = checkpoint["state_dict"]
+        checkpoint["state_dict"] = {**self.state_dict(), **trainable}
+
+
+def check_checkpoint_fits(
+    checkpoint: dict[str, Any], expected: dict[str, Any], weights: dict[str, torch.Tensor]
+) -> None:
+    """Raise `CheckpointMismatchError` naming what differs between a checkpoint and the model."""
+    meta = checkpoint.get("ldm")
+    if meta is None:
+        raise CheckpointMismatchError(
+            "this checkpoint has no 'ldm' metadata: it was not written by this project's train.py"
+        )
+    if sorted(meta["trainable"]) != expected["trainable"]:
+        raise CheckpointMismatchError(
+            f"checkpoint trains {sorted(meta['trainable'])} but this model trains {expected['trainable']} "
+            f"(set model.trainable / model.projection to match the checkpoint)"
+        )
+    for key in ("base", "text_encoder"):
+        if not _same_source(meta.get(key), expected[key]):
+            raise CheckpointMismatchError(
+                f"checkpoint was trained on {key}={meta.get(key)!r} but this model uses {expected[key]!r}"
+            )
+    state = checkpoint["state_dict"]
+    missing = sorted(set(weights) - set(state))
+    unexpected = sorted(set(state) - set(weights))
+    wrong_shape = [k for k in weights if k in state and tuple(state[k].shape) != tuple(weights[k].shape)]
+    if missing or unexpected or wrong_shape:
+        raise CheckpointMismatchError(
+            "checkpoint weights do not fit this model: "
+            f"{len(missing)} missing (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]}), "
+            f"{len(wrong_shape)} with another shape (e.g. {wrong_shape[:3]})"
+        )

@@ -1,0 +1,64 @@
+"""Pick a training precision that actually runs fast on the machine at hand.
+
+Why: Lightning silently turns `16-mixed` on a CPU into `bf16-mixed`, and on a CPU without a bf16 unit
+(no AVX512-BF16, no AMX) bf16 ran 20-150x slower than fp32 here (see DESIGN.md). So the GPU default
+`16-mixed` resolves to `32-true` on such a CPU, with one warning that says why.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+
+_BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """True when the CPU advertises a bf16 unit (AVX512-BF16 or AMX-BF16)."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return False
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return any(flag in flags for flag in _BF16_CPU_FLAGS)
+
+
+def will_run_on_cpu(accelerator: str) -> bool:
+    """Whether Lightning's `accelerator` setting ends up on the CPU on this machine."""
+    if accelerator == "cpu":
+        return True
+    if accelerator == "auto":
+        return not (torch.cuda.is_available() or torch.backends.mps.is_available())
+    return False
+
+
+def resolve_precision(precision: str | int, accelerator: str, native_bf16: bool | None = None) -> str:
+    """Return the precision to hand to `Trainer`: `16-mixed` on CPU becomes bf16 or fp32, others stay.
+
+    An explicit other choice (`32-true`, `bf16-mixed`, ...) is respected as given.
+    """
+    precision = str(precision)
+    if precision not in ("16-mixed", "16") or not will_run_on_cpu(accelerator):
+        return precision
+    native_bf16 = cpu_has_native_bf16() if native_bf16 is None else native_bf16
+    if native_bf16:
+        resolved, why = "bf16-mixed", "this CPU has a native bf16 unit"
+    else:
+        resolved, why = "32-true", "this CPU has no bf16 unit (AVX512-BF16/AMX), where bf16 runs 20-150x slower"
+    warnings.warn(
+        f"trainer.precision={precision} needs a GPU (fp16 AMP is not supported on CPU); "
+        f"using precision={resolved!r} because {why}. Set trainer.precision explicitly to override.",
+        stacklevel=2,
+    )
+    return resolved
+
+
+def frozen_weight_dtype(precision: str) -> torch.dtype:
+    """dtype for the frozen VAE/U-Net under a Lightning precision string (trainable weights stay fp32)."""
+    if precision.startswith("16"):
+        return torch.float16
+    if precision.startswith("bf16"):
+        return torch.bfloat16
+    return torch.float32

@@ -1,0 +1,55 @@
+"""`train(cfg)`: compose the Lightning run from a Hydra config (separate from `@hydra.main` for tests)."""
+
+from __future__ import annotations
+
+import logging
+
+import lightning.pytorch as L
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from ldm.config import validate_train_config
+from ldm.precision import resolve_precision
+
+log = logging.getLogger(__name__)
+
+
+def instantiate_or_explain(node: DictConfig, **kwargs: object) -> object:
+    """`instantiate`, but a ValueError from our own checks surfaces as itself, not wrapped by Hydra."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as error:
+        if isinstance(error.__cause__, ValueError):
+            raise error.__cause__ from None
+        raise
+
+
+def build_module(cfg: DictConfig) -> L.LightningModule:
+    """The LightningModule with its optimizer and LR schedule factories."""
+    factories = {"optimizer": instantiate(cfg.optimizer), "lr_scheduler": instantiate(cfg.lr_scheduler)}
+    return instantiate_or_explain(cfg.model, **factories)
+
+
+def build_trainer(cfg: DictConfig) -> L.Trainer:
+    """Trainer with callbacks and loggers from their groups, and a precision this machine runs well."""
+    precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
+    callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
+    loggers = [instantiate(c) for c in cfg.get("logger", {}).values() if c is not None]
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, precision=precision)
+
+
+def train(cfg: DictConfig) -> tuple[L.Trainer, L.LightningModule]:
+    """Validate, build, fit (optionally resume and test); return the trainer and the trained module."""
+    validate_train_config(cfg)
+    L.seed_everything(cfg.seed, workers=True)
+    trainer = build_trainer(cfg)
+    module = build_module(cfg)
+    datamodule = instantiate_or_explain(cfg.data, tokenizer=module.tokenizer)
+    for logger in trainer.loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    if cfg.get("test"):
+        trainer.test(module, datamodule=datamodule)
+    log.info("final metrics: %s", {k: float(v) for k, v in trainer.callback_metrics.items()})
+    return trainer, module

@@ -1,0 +1,48 @@
+"""Shared fixtures: the real Hydra config composed with CPU/tiny overrides, and a session cache.
+
+The tiny model and the generated data set are written once per session (into a temp cache) and loaded
+through the same code paths users run; nothing is ever fetched from a hub.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from ldm.config import register_resolvers
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+register_resolvers()
+
+
+def compose_config(name: str, overrides: list[str]) -> DictConfig:
+    """compose() one of the project's real top-level configs."""
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose(config_name=name, overrides=overrides)
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache for the session: the tiny model and generated data are built once."""
+    return tmp_path_factory.mktemp("ldm-cache")
+
+
+def tiny_overrides(output_dir: Path, cache: Path, *extra: str) -> list[str]:
+    """The offline preset, with the run folder and the cache redirected into temp folders."""
+    return ["experiment=tiny", f"paths.output_dir={output_dir}", f"paths.cache_dir={cache}", *extra]
+
+
+@pytest.fixture
+def compose_train(cache_dir: Path, tmp_path: Path) -> Callable[..., DictConfig]:
+    """compose('train') with experiment=tiny, run folder in tmp_path, plus extra overrides."""
+
+    def _compose(*overrides: str) -> DictConfig:
+        return compose_config("train", tiny_overrides(tmp_path, cache_dir, *overrides))
+
+    return _compose

@@ -1,0 +1,157 @@
+"""Every config group composes and instantiates offline; bad values stop before any model loads."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.errors import ConfigCompositionException
+from hydra.utils import instantiate
+
+from ldm.config import ConfigError, validate_train_config
+from ldm.data import write_captioned_images
+from ldm.tiny import ensure_tiny_pretrained, ensure_tiny_text_tower
+from ldm.training import build_module, build_trainer
+from tests.conftest import CONF_DIR
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def flickr_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_captioned_images(
+        tmp_path_factory.mktemp("flickr") / "set", layout="original", num_images=10, image_size=64, seed=0
+    )
+
+
+@pytest.mark.parametrize("option", _options("model"))
+def test_model_options_instantiate(option: str, compose_train, cache_dir: Path) -> None:
+    """sd15/clip_b32 name hub ids; offline they are pointed at tiny local folders (same loading code)."""
+    overrides = [f"model={option}"]
+    if option != "tiny":
+        overrides.append(f"model.pretrained={ensure_tiny_pretrained(cache_dir / 'tiny-sd15')}")
+    if option == "clip_b32":
+        overrides.append(f"model.text_encoder={ensure_tiny_text_tower(cache_dir / 'tiny-text-tower-16')}")
+    module = build_module(compose_train(*overrides))
+    assert module.trainable_names[0] == "text_encoder"
+    assert (module.text_projection is not None) == (option == "clip_b32")
+
+
+@pytest.mark.parametrize("option", _options("data"))
+def test_data_options_instantiate(option: str, compose_train, flickr_root: Path) -> None:
+    cfg = compose_train(f"data={option}", f"data.root={flickr_root}", "data.resolution=64", "data.num_workers=0")
+    from transformers import CLIPTokenizer
+
+    from ldm.assets import CLIP_TOKENIZER_DIR
+
+    datamodule = instantiate(cfg.data, tokenizer=CLIPTokenizer.from_pretrained(CLIP_TOKENIZER_DIR))
+    datamodule.setup("fit")
+    batch = next(iter(datamodule.train_dataloader()))
+    assert batch["pixel_values"].shape[1:] == (3, 64, 64)
+
+
+@pytest.mark.parametrize("option", _options("optimizer"))
+def test_optimizer_options_instantiate(option: str, compose_train) -> None:
+    optimizer = instantiate(compose_train(f"optimizer={option}").optimizer)(params=[torch.nn.Parameter(torch.ones(2))])
+    assert optimizer.param_groups[0]["lr"] > 0
+
+
+@pytest.mark.parametrize("option", _options("lr_scheduler"))
+def test_lr_scheduler_options_instantiate(option: str, compose_train) -> None:
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.ones(2))], lr=1e-5)
+    factory = instantiate(compose_train(f"lr_scheduler={option}").lr_scheduler)
+    scheduler = factory(optimizer=optimizer, num_training_steps=1000)
+    assert scheduler.get_last_lr()[0] <= 1e-5
+
+
+@pytest.mark.parametrize("group", ["trainer", "callbacks", "logger"])
+def test_trainer_callbacks_logger_options_instantiate(group: str, compose_train) -> None:
+    for option in _options(group):
+        trainer = build_trainer(compose_train(f"{group}={option}", "trainer.accelerator=cpu"))
+        assert trainer.max_epochs >= 1
+
+
+def test_default_config_is_the_sd15_flickr8k_run(compose_train) -> None:
+    from tests.conftest import compose_config
+
+    cfg = compose_config("train", ["paths.output_dir=/tmp/x"])
+    assert cfg.model.pretrained == "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    assert list(cfg.model.trainable) == ["text_encoder"]
+    assert cfg.optimizer.lr == 1e-5 and cfg.data.batch_size == 32 and cfg.data.resolution == 512
+    assert cfg.trainer.precision == "16-mixed" and cfg.trainer.gradient_clip_val == 1.0
+    assert cfg.trainer.max_epochs == 9
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("optimizer.lr=0", "optimizer.lr"),
+        ("optimizer.lr=-1e-5", "optimizer.lr"),
+        ("data.resolution=100", "data.resolution"),
+        ("model.trainable=[vae]", "model.trainable"),
+        ("trainer.accumulate_grad_batches=0", "trainer.accumulate_grad_batches"),
+        ("ckpt_path=/nonexistent/last.ckpt", "ckpt_path"),
+    ],
+)
+def test_bad_values_stop_before_any_model_loads(override: str, key: str, compose_train, monkeypatch) -> None:
+    monkeypatch.setattr("ldm.module.load_components", lambda *a, **k: pytest.fail("a model was loaded"))
+    with pytest.raises(ConfigError, match=rf"{key}=.*expected"):
+        validate_train_config(compose_train(override))
+
+
+def test_missing_data_root_is_named(monkeypatch, tmp_path: Path) -> None:
+    from tests.conftest import compose_config
+
+    cfg = compose_config("train", [f"paths.output_dir={tmp_path}", f"data.root={tmp_path}/nope"])
+    with pytest.raises(ConfigError, match=r"data.root=.*/nope.*expected an existing Flickr8k folder"):
+        validate_train_config(cfg)
+
+
+def test_unknown_key_is_refused(compose_train) -> None:
+    with pytest.raises(ConfigCompositionException, match=r"optimizer\.lrr"):
+        compose_train("optimizer.lrr=1e-5")
+
+
+def _run_train_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_cli_config_error_is_one_clear_line(tmp_path: Path) -> None:
+    result = _run_train_cli("experiment=tiny", "optimizer.lr=0", f"paths.cache_dir={tmp_path}", cwd=tmp_path)
+    assert result.returncode != 0
+    assert "optimizer.lr=0: expected a number > 0" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_multirun_gives_one_folder_per_run(tmp_path: Path, cache_dir: Path) -> None:
+    sweep = tmp_path / "sweep"
+    result = _run_train_cli(
+        "-m",
+        "experiment=tiny",
+        "optimizer.lr=1e-4,3e-4",
+        "trainer.max_epochs=1",
+        f"paths.cache_dir={cache_dir}",
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert [p.name for p in runs] == ["0", "1"]
+    for run in runs:
+        assert (run / "checkpoints" / "last.ckpt").is_file()
+        assert (run / "final_model" / "text_encoder" / "model.safetensors").is_file()
+        assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    lrs = [(run / ".hydra" / "overrides.yaml").read_text() for run in runs]
+    assert "optimizer.lr=0.0001" in lrs[0] and "optimizer.lr=0.0003" in lrs[1]

@@ -1,0 +1,35 @@
+"""Fine-tune the text encoder of Stable Diffusion v1.5 (VAE and U-Net frozen) with Lightning + Hydra.
+
+python train.py                                   # SD1.5 + Flickr8k (data.root=PATH)
+python train.py trainer.max_epochs=9 optimizer.lr=3e-5 data.batch_size=8 trainer.accumulate_grad_batches=4
+python train.py experiment=tiny                   # offline CPU demo, tiny random model
+python train.py -m experiment=tiny optimizer.lr=1e-5,3e-5   # sweep, one folder per run
+python train.py ckpt_path=outputs/DATE/TIME/checkpoints/last.ckpt   # resume
+tensorboard --logdir outputs
+"""
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from ldm.config import ConfigError, register_resolvers
+from ldm.module import CheckpointMismatchError
+from ldm.training import train
+
+register_resolvers()
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    """Return val/loss so Hydra sweepers (e.g. Optuna) can optimise it."""
+    try:
+        trainer, _ = train(cfg)
+    except (ConfigError, CheckpointMismatchError) as error:  # the message says it all: no traceback
+        sys.exit(f"error: {error}")
+    val_loss = trainer.callback_metrics.get("val/loss")
+    return None if val_loss is None else float(val_loss)
+
+
+if __name__ == "__main__":
+    main()
