@@ -4,7 +4,9 @@ python train.py                                   # SD1.5 + Flickr8k (data.root=
 python train.py trainer.max_epochs=9 optimizer.lr=3e-5 data.batch_size=8 trainer.accumulate_grad_batches=4
 python train.py experiment=tiny                   # offline CPU demo, tiny random model
 python train.py -m experiment=tiny optimizer.lr=1e-5,3e-5   # sweep, one folder per run
-python train.py ckpt_path=outputs/DATE/TIME/checkpoints/last.ckpt   # resume
+python train.py ckpt_path=outputs/DATE/TIME/checkpoints/last.ckpt   # resume (or a run folder, or `last`)
+python train.py ckpt_path=last                     # resume the newest outputs/**/checkpoints/last.ckpt
+python train.py -m hparams_search=lr_optuna       # Optuna sweep over lr, caption dropout, accumulation
 tensorboard --logdir outputs
 """
 
@@ -13,7 +15,9 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from ldm.checkpoint_io import CheckpointLoadError
 from ldm.config import ConfigError, register_resolvers
+from ldm.faults import NonFiniteLossError
 from ldm.module import CheckpointMismatchError
 from ldm.training import train
 
@@ -25,7 +29,7 @@ def main(cfg: DictConfig) -> float | None:
     """Return val/loss so Hydra sweepers (e.g. Optuna) can optimise it."""
     try:
         trainer, _ = train(cfg)
-    except (ConfigError, CheckpointMismatchError) as error:  # the message says it all: no traceback
+    except (ConfigError, CheckpointMismatchError, CheckpointLoadError, NonFiniteLossError) as error:  # no traceback
         sys.exit(f"error: {error}")
     val_loss = trainer.callback_metrics.get("val/loss")
     return None if val_loss is None else float(val_loss)

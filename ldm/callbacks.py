@@ -1,4 +1,4 @@
-"""Lightning callbacks of this project: the learning check and the final export.
+"""Lightning callbacks of this project: the learning check, the final export and sample images.
 
 Why a learning check: a known silent failure in peer trainers is a text encoder that never actually
 trains (no grads reach it, or its weights are excluded from the optimizer) while the loss still moves.
@@ -7,14 +7,19 @@ trains (no grads reach it, or its weights are excluded from the optimizer) while
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as L
+import numpy as np
 import torch
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
+from ldm.checkpoint_io import atomic_torch_save
 from ldm.module import TextEncoderFineTuner
+from ldm.sampling import SampleSettings, generate, make_grid, validate_settings
 
 
 class LearningCheck(L.Callback):
@@ -83,7 +88,7 @@ def export_final_model(module: TextEncoderFineTuner, dirpath: Path) -> Path:
     """Export trainable weights so `StableDiffusionPipeline.from_pretrained(base, text_encoder=...)` works."""
     dirpath.mkdir(parents=True, exist_ok=True)
     weights = {k: v.detach().float().cpu().contiguous() for k, v in module.trainable_state_dict().items()}
-    torch.save(weights, dirpath / "final_weights.pt")
+    atomic_torch_save(weights, dirpath / "final_weights.pt")  # never a half-written file, even if killed here
     for name in ("text_encoder", "unet"):
         if name in module.trainable_names:
             getattr(module, name).save_pretrained(dirpath / name, safe_serialization=True)
@@ -91,3 +96,64 @@ def export_final_model(module: TextEncoderFineTuner, dirpath: Path) -> Path:
     info = {**module.checkpoint_signature(), "prediction_type": module.noise_scheduler.config.prediction_type}
     (dirpath / "export.json").write_text(json.dumps(info, indent=2) + "\n")
     return dirpath
+
+
+class SampleImages(L.Callback):
+    """Every `every_n_epochs` epochs and at the end, render fixed prompts with fixed seeds and log a grid.
+
+    Why: a text-encoder fine-tune moves the loss very little; the same prompts and noise rendered epoch after
+    epoch show whether the prompts start to matter. It renders the live module through `ldm.sampling.generate`
+    (no fp16 cast of the trainable weights, train mode restored) and logs to TensorBoard.
+    """
+
+    def __init__(
+        self,
+        prompts: list[str],
+        seed: int,
+        every_n_epochs: int,
+        steps: int,
+        guidance_scale: float,
+        scheduler: str,
+        negative_prompt: str,
+        height: int | None,
+        width: int | None,
+        batch_size: int,
+        tag: str,
+    ) -> None:
+        if every_n_epochs < 1:
+            raise ValueError(f"every_n_epochs={every_n_epochs}: expected an integer ≥ 1")
+        self.settings = SampleSettings(
+            prompts=tuple(prompts),
+            negative_prompt=negative_prompt,
+            steps=steps,
+            guidance_scale=guidance_scale,
+            scheduler=scheduler,
+            seed=seed,
+            height=height,
+            width=width,
+            num_images=1,
+            batch_size=batch_size,
+        )
+        validate_settings(self.settings)  # a typo stops the run before training, not after the first epoch
+        self.every_n_epochs = every_n_epochs
+        self.tag = tag
+        self.rendered_steps: list[int] = []
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if (trainer.current_epoch + 1) % self.every_n_epochs == 0:
+            self.render(trainer, pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.rendered_steps or self.rendered_steps[-1] != trainer.global_step:
+            self.render(trainer, pl_module)
+
+    @rank_zero_only
+    def render(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Render the prompts (one image each) and add the grid to every TensorBoard logger."""
+        grid = np.asarray(make_grid(generate(pl_module, self.settings)))  # (H, W, 3) uint8
+        self.rendered_steps.append(trainer.global_step)
+        loggers = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+        if not loggers:
+            warnings.warn("SampleImages: no TensorBoard logger, so the rendered grid is not logged", stacklevel=2)
+        for logger in loggers:
+            logger.experiment.add_image(self.tag, grid, trainer.global_step, dataformats="HWC")

@@ -56,12 +56,13 @@ def validate_train_config(cfg: DictConfig) -> None:
     )
     clip = trainer.gradient_clip_val
     _require(clip is None or clip > 0, "trainer.gradient_clip_val", clip, "null or a number > 0")
-    trainable = list(cfg.model.trainable)
-    _require(
-        bool(trainable) and set(trainable) <= set(TRAINABLE_CHOICES),
-        "model.trainable",
-        trainable,
-        f"a non-empty subset of {list(TRAINABLE_CHOICES)}",
-    )
+    if "trainable" in cfg.model:  # the shapes world's VAE and judge modules (ldm/world) have no trainable set
+        trainable = list(cfg.model.trainable)
+        _require(
+            bool(trainable) and set(trainable) <= set(TRAINABLE_CHOICES),
+            "model.trainable",
+            trainable,
+            f"a non-empty subset of {list(TRAINABLE_CHOICES)}",
+        )
     ckpt = cfg.get("ckpt_path")
     _require(ckpt is None or Path(ckpt).is_file(), "ckpt_path", ckpt, "null or an existing .ckpt file")

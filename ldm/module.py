@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ldm.components import load_components
+from ldm.faults import NonFiniteLossGuard
 from ldm.precision import frozen_weight_dtype
 
 TRAINABLE_CHOICES = ("text_encoder", "unet")
@@ -50,6 +51,7 @@ class TextEncoderFineTuner(L.LightningModule):
         trainable: Iterable[str],
         prediction_type: str | None,
         val_seed: int,
+        max_nonfinite_steps: int,
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         lr_scheduler: Callable[..., Any] | None = None,
     ) -> None:
@@ -63,6 +65,7 @@ class TextEncoderFineTuner(L.LightningModule):
             raise ValueError(f"model.prediction_type={prediction_type!r}: expected null or one of {PREDICTION_TYPES}")
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
+        self.nonfinite = NonFiniteLossGuard(max_nonfinite_steps)
 
         parts = load_components(
             pretrained,
@@ -146,8 +149,14 @@ class TextEncoderFineTuner(L.LightningModule):
         pred = self.unet(noisy.to(self.unet.dtype), timesteps, hidden.to(self.unet.dtype)).sample
         return F.mse_loss(pred.float(), target.float())
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+        """The loss, or None when it is NaN/inf: Lightning then skips backward, so the optimizer step finds
+        no gradients and leaves weights and moments as they were (the batch still counts in global_step)."""
         loss = self._common_step(batch)
+        skip = self.nonfinite.should_skip(loss, self.trainer.strategy)
+        self.log("train/nonfinite_steps", float(self.nonfinite.total), on_step=True, on_epoch=False)
+        if skip:
+            return None
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["input_ids"]))
         return loss
 
@@ -185,8 +194,10 @@ class TextEncoderFineTuner(L.LightningModule):
 
     def checkpoint_signature(self) -> dict[str, Any]:
         """What a checkpoint must agree with to be loaded onto this model."""
+        base = self.hparams.pretrained
         return {
-            "base": self.hparams.pretrained,
+            # a local folder is recorded by its absolute path, so sample.py works from any directory
+            "base": os.path.realpath(base) if os.path.isdir(base) else base,
             "revision": self.hparams.revision,
             "text_encoder": self.hparams.text_encoder,
             "trainable": sorted(self.trainable_names),

@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ldm.config import validate_train_config
 from ldm.precision import resolve_precision
+from ldm.resume import resolve_ckpt_path
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
 
 def train(cfg: DictConfig) -> tuple[L.Trainer, L.LightningModule]:
     """Validate, build, fit (optionally resume and test); return the trainer and the trained module."""
+    cfg.ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.runs_dir)  # "last" / a run folder -> file
     validate_train_config(cfg)
     L.seed_everything(cfg.seed, workers=True)
     trainer = build_trainer(cfg)
@@ -48,7 +50,8 @@ def train(cfg: DictConfig) -> tuple[L.Trainer, L.LightningModule]:
     datamodule = instantiate_or_explain(cfg.data, tokenizer=module.tokenizer)
     for logger in trainer.loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    # weights_only: a resumed checkpoint is read as tensors and plain data, never as code
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
     if cfg.get("test"):
         trainer.test(module, datamodule=datamodule)
     log.info("final metrics: %s", {k: float(v) for k, v in trainer.callback_metrics.items()})

@@ -7,16 +7,22 @@ through the same code paths users run; nothing is ever fetched from a hub.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from ldm.config import register_resolvers
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# One torch thread for the suite and its subprocesses. Why: tiny models gain nothing from a second thread,
+# and on 2 shared cores 2 OpenMP threads beside another busy process ran 100x slower (spin-waiting).
+os.environ["OMP_NUM_THREADS"] = "1"
+torch.set_num_threads(1)
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 register_resolvers()
 
@@ -46,3 +52,25 @@ def compose_train(cache_dir: Path, tmp_path: Path) -> Callable[..., DictConfig]:
         return compose_config("train", tiny_overrides(tmp_path, cache_dir, *overrides))
 
     return _compose
+
+
+@contextmanager
+@contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """Run a block with `count` torch threads (the suite runs with 1, see above)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path:
+    """One 1-epoch `experiment=tiny` run (≈5 s): its folder holds all three checkpoint forms for sampling tests."""
+    from ldm.training import train
+
+    out = tmp_path_factory.mktemp("tiny-run")
+    train(compose_config("train", tiny_overrides(out, cache_dir, "trainer.max_epochs=1")))
+    return out

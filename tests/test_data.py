@@ -12,12 +12,13 @@ import torch
 from hydra.errors import InstantiationException
 from omegaconf import OmegaConf
 from PIL import Image
-from torch.utils.data import RandomSampler, SequentialSampler
+from torch.utils.data import SequentialSampler
 from transformers import CLIPTokenizer
 
 from ldm.assets import CLIP_TOKENIZER_DIR
 from ldm.data import Flickr8kDataModule, layouts, write_captioned_images
 from ldm.data.images import ImageTransform
+from ldm.data.resumable import ResumableSampler
 
 CONF_DATA = Path(__file__).resolve().parents[1] / "conf" / "data"
 SMALL = {"resolution": 32, "batch_size": 4, "num_workers": 0}  # on top of the YAML's defaults
@@ -59,7 +60,7 @@ def test_folder_layout_batches(tmp_path, make_dm, tokenizer, layout):
     assert {s: len(d) for s, d in dm.splits.items()} == {"train": 16, "val": 2, "test": 2}
 
     train = dm.train_dataloader()
-    assert isinstance(train.sampler, RandomSampler)
+    assert isinstance(train.sampler, ResumableSampler) and train.sampler.shuffle  # exact mid-epoch resume
     assert isinstance(dm.val_dataloader().sampler, SequentialSampler)
     assert not train.persistent_workers
     batch = next(iter(train))

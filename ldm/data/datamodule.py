@@ -11,10 +11,12 @@ import lightning as L
 from torch.utils.data import DataLoader
 
 from ldm.data.dataset import CaptionCollator, CaptionDataset, FileSource
-from ldm.data.hub import HubConfig, HubSource, load_hub_split
+from ldm.data.hub import HubConfig, HubSource, HubStream, load_hub_split, load_hub_stream
 from ldm.data.images import ImageTransform
 from ldm.data.layouts import SPLITS, find_layout, load_folder
+from ldm.data.resumable import ResumableDataLoader
 from ldm.data.synthetic import write_captioned_images
+from ldm.seeds import global_seed
 
 LAYOUTS = ("auto", "original", "kaggle", "hub")
 GENERATE_KEYS = {"num_images", "image_size", "seed", "layout"}
@@ -56,13 +58,15 @@ class Flickr8kDataModule(L.LightningDataModule):
         self.hub = _hub_config(hub) if layout == "hub" else None
         self.generate = _generate_config(generate, layout)
         self.collate = CaptionCollator(tokenizer, max_length)
-        self.splits: dict[str, CaptionDataset] = {}
+        self.splits: dict[str, CaptionDataset | HubStream] = {}
+        self._train_loader: ResumableDataLoader | None = None
+        self._train_resume: dict | None = None
 
     def prepare_data(self) -> None:
         """Runs once per node: writes the generated set, or fetches the hub dataset into the cache."""
         if self.generate is not None and find_layout(self.root) is None:
             write_captioned_images(self.root, **self.generate)
-        if self.hub is not None:
+        if self.hub is not None and not self.hub.streaming:  # a stream downloads nothing up front
             for split in SPLITS:
                 load_hub_split(self.hub, split)
 
@@ -71,6 +75,9 @@ class Flickr8kDataModule(L.LightningDataModule):
         if not needed:
             return
         hp = self.hparams
+        if self.hub is not None and self.hub.streaming:
+            self._setup_streams(needed)
+            return
         if self.hub is not None:
             sources = {s: HubSource(load_hub_split(self.hub, s), self.hub, s) for s in needed}
         else:
@@ -89,6 +96,43 @@ class Flickr8kDataModule(L.LightningDataModule):
         if "train" in needed and len(self.splits["train"]) == 0:
             raise ValueError(f"Flickr8k train split at {self.hub.name if self.hub else self.root} has no usable images")
 
+    def _setup_streams(self, needed: list[str]) -> None:
+        """Streamed hub splits; each DDP rank reads its own part of every split."""
+        hp = self.hparams
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        for split in needed:
+            train = split == "train"
+            transform = ImageTransform(
+                hp.resolution, random_crop=train and not hp.center_crop, random_flip=train and hp.random_flip
+            )
+            self.splits[split] = HubStream(
+                load_hub_stream(self.hub, split),
+                self.hub,
+                split,
+                transform,
+                train=train,
+                caption_dropout=hp.caption_dropout if train else 0.0,
+                seed=global_seed(),
+                rank=rank,
+                world_size=world,
+            )
+
+    def state_dict(self) -> dict:
+        """The train loader's place in its epoch (saved in every checkpoint).
+
+        Why here and not only on the loader (Lightning also saves a stateful loader's state): Lightning
+        restores loader state only if the loader is built after the checkpoint is read, but
+        `configure_optimizers` asks for `estimated_stepping_batches`, which builds it earlier. The
+        DataModule's state is restored before either, so the loader starts where the killed run stopped.
+        """
+        return {} if self._train_loader is None else {"train_loader": self._train_loader.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._train_resume = state.get("train_loader")
+        if self._train_loader is not None and self._train_resume is not None:
+            self._train_loader.load_state_dict(self._train_resume)
+            self._train_resume = None
+
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
 
@@ -102,14 +146,18 @@ class Flickr8kDataModule(L.LightningDataModule):
         if split not in self.splits:
             self.setup({"train": "fit", "val": "validate", "test": "test"}[split])
         workers = self.hparams.num_workers
-        return DataLoader(
-            self.splits[split],
-            batch_size=self.hparams.batch_size,
-            shuffle=shuffle,
-            num_workers=workers,
-            collate_fn=self.collate,
-            persistent_workers=workers > 0,
-        )
+        common = {"num_workers": workers, "collate_fn": self.collate, "persistent_workers": workers > 0}
+        if isinstance(self.splits[split], HubStream):  # order comes from the stream's shuffle buffer
+            return DataLoader(self.splits[split], batch_size=self.hparams.batch_size, **common)
+        if split == "train":  # order and per-item randomness fixed by (seed, epoch): exact mid-epoch resume
+            self._train_loader = ResumableDataLoader(
+                self.splits[split], batch_size=self.hparams.batch_size, shuffle=shuffle, seed=global_seed(), **common
+            )
+            if self._train_resume is not None:  # applied once: a loader built later starts its epoch afresh
+                self._train_loader.load_state_dict(self._train_resume)
+                self._train_resume = None
+            return self._train_loader
+        return DataLoader(self.splits[split], batch_size=self.hparams.batch_size, shuffle=shuffle, **common)
 
 
 def _check_config(

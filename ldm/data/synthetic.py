@@ -33,7 +33,8 @@ SIZES = {"small": 0.12, "large": 0.2}  # radius as a fraction of the image side
 _SUPERSAMPLE = 4  # draw large, then downsample: antialiased edges without extra dependencies
 
 
-def _draw(shape: str, colour: tuple, centre: tuple, radius: float, background: tuple, size: int) -> Image.Image:
+def draw_shape(shape: str, colour: tuple, centre: tuple, radius: float, background: tuple, size: int) -> Image.Image:
+    """One shape on a plain background, drawn 4x large and downsampled (antialiased edges)."""
     s = size * _SUPERSAMPLE
     image = Image.new("RGB", (s, s), background)
     draw = ImageDraw.Draw(image)
@@ -61,7 +62,7 @@ def _captions(shape: str, colour: str, position: str, size: str) -> list[str]:
 
 
 def _scenes(num_images: int, seed: int) -> list[tuple[str, tuple, list[str]]]:
-    """-> [(file name, `_draw` arguments, captions)], drawn from one seeded RNG."""
+    """-> [(file name, `draw_shape` arguments, captions)], drawn from one seeded RNG."""
     rng = random.Random(seed)
     scenes = []
     for i in range(num_images):
@@ -92,7 +93,7 @@ def write_captioned_images(root: str | Path, *, layout: str, num_images: int, im
     image_dir.mkdir(parents=True, exist_ok=True)
     scenes = _scenes(num_images, seed)
     for name, drawing, _ in scenes:
-        _draw(*drawing, image_size).save(image_dir / name, format="JPEG", quality=95)
+        draw_shape(*drawing, image_size).save(image_dir / name, format="JPEG", quality=95)
 
     if layout == "kaggle":
         with open(root / layouts.KAGGLE_CAPTIONS, "w", encoding="utf-8", newline="") as f:

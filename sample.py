@@ -1,0 +1,49 @@
+"""Generate images from prompts with Stable Diffusion v1.5 and a fine-tuned text encoder, on CPU by default.
+
+python sample.py prompt="A dog running on the beach at sunset"            # SD1.5 as is
+python sample.py prompt="A dog running on the beach" checkpoint=outputs/DATE/TIME/checkpoints/last.ckpt
+python sample.py prompt="..." checkpoint=outputs/DATE/TIME/final_model     # or final_model/final_weights.pt
+python sample.py prompt="..." checkpoint=PATH model.pretrained=/models/sd15   # another copy of the base
+python sample.py prompts_file=prompts.txt num_images=4 seed=7 steps=30 scheduler=euler_a
+python sample.py prompt='"a dog, running"'                                 # quote a prompt that has commas
+python sample.py model=tiny prompt="a red circle" steps=4                  # offline tiny random model
+python sample.py device=cuda prompt="..."                                  # fp16 on a GPU
+"""
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from ldm.config import register_resolvers
+from ldm.sampling import (
+    USER_ERRORS,
+    Limits,
+    SampleSettings,
+    base_chosen_on_command_line,
+    generate,
+    load_for_inference,
+    read_prompts,
+    save_images,
+    validate_settings,
+)
+
+register_resolvers()
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="sample")
+def main(cfg: DictConfig) -> None:
+    try:
+        settings = SampleSettings.from_config(cfg, read_prompts(cfg.prompt, cfg.prompts_file))
+        validate_settings(settings, Limits(**cfg.limits))  # before any model loads
+        model = load_for_inference(cfg, base_override=base_chosen_on_command_line())
+        images = generate(model, settings, checkpoint=cfg.checkpoint, progress=True)
+    except USER_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    for path in save_images(images, cfg.out_dir):
+        print(path)
+
+
+if __name__ == "__main__":
+    main()
