@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +14,7 @@ from ldm.data import write_captioned_images
 from ldm.tiny import ensure_tiny_pretrained, ensure_tiny_text_tower
 from ldm.training import build_module, build_trainer
 from tests.conftest import CONF_DIR
+from tests.helpers import run_train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -141,15 +139,8 @@ def test_unknown_key_is_refused(compose_train) -> None:
         compose_train("optimizer.lrr=1e-5")
 
 
-def _run_train_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    return subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
-    )
-
-
 def test_cli_config_error_is_one_clear_line(tmp_path: Path) -> None:
-    result = _run_train_cli("experiment=tiny", "optimizer.lr=0", f"paths.cache_dir={tmp_path}", cwd=tmp_path)
+    result = run_train("experiment=tiny", "optimizer.lr=0", f"paths.cache_dir={tmp_path}", cwd=tmp_path)
     assert result.returncode != 0
     assert "optimizer.lr=0: expected a number > 0" in result.stderr
     assert "Traceback" not in result.stderr
@@ -158,7 +149,7 @@ def test_cli_config_error_is_one_clear_line(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_multirun_gives_one_folder_per_run(tmp_path: Path, cache_dir: Path) -> None:
     sweep = tmp_path / "sweep"
-    result = _run_train_cli(
+    result = run_train(
         "-m",
         "experiment=tiny",
         "optimizer.lr=1e-4,3e-4",
