@@ -87,7 +87,7 @@ def tiny_pipeline(seed: int = 0) -> StableDiffusionPipeline:
     )
 
 
-def _write_atomically(path: Path, save) -> Path:
+def write_atomically(path: Path, save) -> Path:
     """Write into a sibling temp folder, then rename: parallel runs never see half a model."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
@@ -106,7 +106,7 @@ def ensure_tiny_pretrained(path: str | os.PathLike, seed: int = 0) -> str:
     """Return `path`, writing the tiny diffusers folder there first if it is not complete yet."""
     path = Path(path)
     if not (path / "model_index.json").is_file():
-        _write_atomically(path, lambda tmp: tiny_pipeline(seed).save_pretrained(tmp))
+        write_atomically(path, lambda tmp: tiny_pipeline(seed).save_pretrained(tmp))
     return str(path)
 
 
@@ -119,5 +119,5 @@ def ensure_tiny_text_tower(path: str | os.PathLike, hidden_size: int = 16, seed:
             tiny_text_encoder(hidden_size, seed).save_pretrained(tmp)
             CLIPTokenizer.from_pretrained(CLIP_TOKENIZER_DIR).save_pretrained(tmp)
 
-        _write_atomically(path, save)
+        write_atomically(path, save)
     return str(path)

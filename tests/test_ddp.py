@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ldm.tiny import _write_atomically
+from ldm.tiny import write_atomically
 from tests.helpers import run_train
 
 
@@ -61,7 +61,7 @@ def test_the_tiny_model_cache_is_safe_with_two_writers(tmp_path: Path) -> None:
 
     def writer() -> None:
         try:
-            _write_atomically(target, save)
+            write_atomically(target, save)
         except Exception as error:
             errors.append(error)
 
