@@ -55,7 +55,6 @@ def compose_train(cache_dir: Path, tmp_path: Path) -> Callable[..., DictConfig]:
 
 
 @contextmanager
-@contextmanager
 def torch_threads(count: int) -> Iterator[None]:
     """Run a block with `count` torch threads (the suite runs with 1, see above)."""
     before = torch.get_num_threads()
