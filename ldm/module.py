@@ -14,8 +14,10 @@ from typing import Any
 import lightning.pytorch as L
 import torch
 import torch.nn.functional as F
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from torch import nn
 
+from ldm import latent_cache
 from ldm.components import load_components
 from ldm.faults import NonFiniteLossGuard
 from ldm.precision import frozen_weight_dtype
@@ -123,6 +125,17 @@ class TextEncoderFineTuner(L.LightningModule):
         for name in self.frozen_names:
             getattr(self, name).to(dtype=dtype)
 
+    # --- cached latents (data.cache_latents): filled by this module's own VAE, on its device ------------
+    def on_fit_start(self) -> None:
+        latent_cache.prepare(self.trainer, self.vae, "fit")
+
+    def on_validation_start(self) -> None:
+        if self.trainer.state.fn == "validate":  # inside fit, on_fit_start has prepared val already
+            latent_cache.prepare(self.trainer, self.vae, "validate")
+
+    def on_test_start(self) -> None:
+        latent_cache.prepare(self.trainer, self.vae, "test")
+
     # --- the shared step ----------------------------------------------------------------------------
     def encode_text(self, input_ids: torch.Tensor) -> torch.Tensor:
         """(B, 77) token ids -> (B, 77, cross_attention_dim) U-Net conditioning."""
@@ -132,10 +145,16 @@ class TextEncoderFineTuner(L.LightningModule):
         return hidden
 
     def _common_step(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> torch.Tensor:
-        """Noise-prediction loss; `generator` fixes latents, noise and timesteps (validation)."""
-        pixels = batch["pixel_values"]  # (B, 3, H, W) in [-1, 1]
+        """Noise-prediction loss; `generator` fixes latents, noise and timesteps (validation).
+
+        The batch holds pixels, or with `data.cache_latents` the moments the frozen VAE gave each image
+        (`ldm.latent_cache`): either way a fresh latent is drawn from the same posterior.
+        """
         with torch.no_grad():
-            posterior = self.vae.encode(pixels.to(self.vae.dtype)).latent_dist
+            if "latent_moments" in batch:  # (B, 2C, H/8, W/8)
+                posterior = DiagonalGaussianDistribution(batch["latent_moments"].to(self.vae.dtype))
+            else:  # (B, 3, H, W) in [-1, 1]
+                posterior = self.vae.encode(batch["pixel_values"].to(self.vae.dtype)).latent_dist
             latents = posterior.sample(generator).float() * self.vae.config.scaling_factor  # (B, 4, H/8, W/8)
         noise = torch.randn(latents.shape, generator=generator, device=latents.device)
         steps = self.noise_scheduler.config.num_train_timesteps

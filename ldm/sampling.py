@@ -15,7 +15,8 @@ import logging
 import math
 import random
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -34,8 +35,10 @@ from hydra.core.hydra_config import HydraConfig
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from ldm import fast_sampling
 from ldm.checkpoints import CheckpointError, ModelLoadError, build_model
 from ldm.config import ConfigError
+from ldm.fast_sampling import FastSampling, FastSamplingError
 from ldm.module import CheckpointMismatchError, TextEncoderFineTuner
 
 log = logging.getLogger(__name__)
@@ -50,6 +53,7 @@ SCHEDULERS: dict[str, tuple[type[SchedulerMixin], dict[str, Any]]] = {
     "pndm": (PNDMScheduler, {}),
 }
 ATTENTION_SLICING = ("off", "auto", "on")
+DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 MAX_SEED = 2**32 - 1  # seeds people can type; image i of a prompt uses seed + i
 METADATA_KEYS = (
     "prompt",
@@ -62,6 +66,8 @@ METADATA_KEYS = (
     "width",
     "checkpoint",
     "model",
+    "precision",
+    "deep_cache",
 )
 
 
@@ -70,7 +76,7 @@ class SamplingError(ValueError):
 
 
 # What a user can get wrong: entry points print these as one line, without a traceback.
-USER_ERRORS = (SamplingError, CheckpointError, CheckpointMismatchError, ModelLoadError, ConfigError)
+USER_ERRORS = (SamplingError, FastSamplingError, CheckpointError, CheckpointMismatchError, ModelLoadError, ConfigError)
 
 
 @dataclass(frozen=True)
@@ -200,16 +206,16 @@ def _check_attention_slicing(value: str) -> None:
 
 
 def prepare_for_inference(model: TextEncoderFineTuner, device: torch.device, attention_slicing: str) -> None:
-    """Frozen eval copy on `device`: fp16 on a GPU, fp32 + channels_last on a CPU (no fast half there).
+    """Frozen eval copy on `device`: fp16 on a GPU, fp32 on a CPU (bf16 autocast is `ldm.fast_sampling`'s).
 
-    Attention slicing saves memory at a cost (45% slower U-Net on CPU, DESIGN.md): `auto` = GPU only.
+    No channels_last on CPU: it gave no measurable speed (benchmarks/RESULTS.md) and cost 2.6 GiB, because
+    the copies sit beside the memory-mapped weights that `from_pretrained` keeps. Attention slicing saves
+    memory at a cost (slower U-Net on CPU, DESIGN.md and benchmarks/RESULTS.md): `auto` = GPU only.
     """
     _check_attention_slicing(attention_slicing)
     model.requires_grad_(False)
     model.eval()
     model.to(device=device, dtype=torch.float16 if device.type == "cuda" else torch.float32)
-    if device.type == "cpu":
-        model.unet.to(memory_format=torch.channels_last)
     if attention_slicing == "on" or (attention_slicing == "auto" and device.type == "cuda"):
         model.unet.set_attention_slice("auto")
 
@@ -225,8 +231,10 @@ def load_for_inference(cfg: Any, *, base_override: bool) -> TextEncoderFineTuner
     device = resolve_device(cfg.device)
     set_threads(cfg.threads)
     _check_attention_slicing(cfg.attention_slicing)  # before the model loads
+    fast = FastSampling.from_config(cfg.dtype, cfg.deep_cache, device)
     model = build_model(cfg.model, cfg.checkpoint, base_override=base_override)
     prepare_for_inference(model, device, cfg.attention_slicing)
+    fast_sampling.install(model, fast)
     return model
 
 
@@ -289,18 +297,21 @@ def generate(
     *,
     checkpoint: str | None = None,
     progress: bool = False,
+    on_step: Callable[..., dict] | None = None,
 ) -> list[Image.Image]:
     """Render `num_images` per prompt (seeds seed, seed+1, ...); each image's `.info` holds its metadata.
 
     The module's train/eval mode is restored afterwards, so the training callback can call this on the
     live module. Noise comes from per-image CPU generators: the same seed gives the same image whatever
-    the batch size or device.
+    the batch size or device. The options `load_for_inference` installed (bf16 autocast, DeepCache) apply
+    to each pipeline call. `on_step` is diffusers' `callback_on_step_end(pipe, step, timestep, kwargs)`.
     """
     validate_settings(settings)
     warn_if_truncated(model.tokenizer, (*settings.prompts, settings.negative_prompt))
     seed = random.SystemRandom().randint(0, MAX_SEED) if settings.seed is None else settings.seed
     height, width = settings.height or native_size(model), settings.width or native_size(model)
     jobs = [(prompt, seed + i) for prompt in settings.prompts for i in range(settings.num_images)]
+    fast = fast_sampling.installed(model)
     base_info = {
         "negative_prompt": settings.negative_prompt,
         "steps": settings.steps,
@@ -310,6 +321,8 @@ def generate(
         "width": width,
         "checkpoint": checkpoint or "none",
         "model": model.hparams.get("pretrained", ""),
+        "precision": "bf16-autocast" if fast and fast.autocast_bf16 else DTYPE_NAMES[model.unet.dtype],
+        "deep_cache": fast.deep_cache if fast else "off",
     }
     was_training = model.training
     model.eval()
@@ -320,16 +333,18 @@ def generate(
         images: list[Image.Image] = []
         for start in range(0, len(jobs), settings.batch_size):
             batch = jobs[start : start + settings.batch_size]
-            output = pipe(
-                prompt_embeds=encode_prompts(model, [prompt for prompt, _ in batch]),  # (B, 77, D)
-                negative_prompt_embeds=negative.expand(len(batch), -1, -1),
-                height=height,
-                width=width,
-                num_inference_steps=settings.steps,
-                guidance_scale=settings.guidance_scale,
-                generator=[torch.Generator("cpu").manual_seed(s) for _, s in batch],
-                output_type="pil",
-            )
+            with fast.active(model.unet) if fast else nullcontext():
+                output = pipe(
+                    prompt_embeds=encode_prompts(model, [prompt for prompt, _ in batch]),  # (B, 77, D)
+                    negative_prompt_embeds=negative.expand(len(batch), -1, -1),
+                    height=height,
+                    width=width,
+                    num_inference_steps=settings.steps,
+                    guidance_scale=settings.guidance_scale,
+                    generator=[torch.Generator("cpu").manual_seed(s) for _, s in batch],
+                    output_type="pil",
+                    callback_on_step_end=on_step,
+                )
             for (prompt, image_seed), image in zip(batch, output.images, strict=True):
                 image.info.update({**base_info, "prompt": prompt, "seed": image_seed})
                 images.append(image)

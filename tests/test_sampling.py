@@ -101,6 +101,8 @@ def test_files_are_named_by_prompt_and_seed_with_metadata_and_a_grid(model, cfg,
         "width": "64",
         "checkpoint": "ckpt/last.ckpt",
         "model": str(cfg.model.pretrained),
+        "precision": "fp32",
+        "deep_cache": "off",
     }
     grid = Image.open(paths[-1])
     assert grid.size == (128, 128) and grid.text["seed"] == "3,4,3,4"

@@ -27,6 +27,10 @@ class Flickr8kDataModule(L.LightningDataModule):
     """Batches: {"pixel_values": (B, 3, R, R) float32 in [-1, 1], "input_ids": (B, max_length) int64,
     "captions": list[str]}. Splits: train (shuffled, augmented, random caption), val and test (fixed).
 
+    cache_latents: batches carry "latent_moments" (B, 2C, R/8, R/8) instead of pixels, read from a disk
+    cache under `latent_cache_dir` that the module fills with its own frozen VAE when fit/validate/test
+    starts (`ldm.latent_cache`). Needs a centre crop and an indexable split (not a stream).
+
     layout: original | kaggle | hub, or auto (detects original/kaggle from the files in `root`).
     generate: None, or write_captioned_images() arguments: `prepare_data` then writes a generated set
     at `root` when it holds no data yet (the offline experiment).
@@ -49,6 +53,8 @@ class Flickr8kDataModule(L.LightningDataModule):
         max_length: int,
         hub: Mapping | None,
         generate: Mapping | None,
+        cache_latents: bool,
+        latent_cache_dir: str | Path,
     ) -> None:
         super().__init__()
         _check_config(layout, resolution, batch_size, num_workers, caption_dropout, val_fraction, max_length)
@@ -56,6 +62,10 @@ class Flickr8kDataModule(L.LightningDataModule):
         self.root = Path(root)
         self.layout = layout
         self.hub = _hub_config(hub) if layout == "hub" else None
+        if cache_latents:
+            _check_latent_cache(center_crop, self.hub)
+        self.cache_latents = cache_latents
+        self.latent_cache_dir = Path(latent_cache_dir)
         self.generate = _generate_config(generate, layout)
         self.collate = CaptionCollator(tokenizer, max_length)
         self.splits: dict[str, CaptionDataset | HubStream] = {}
@@ -116,6 +126,17 @@ class Flickr8kDataModule(L.LightningDataModule):
                 rank=rank,
                 world_size=world,
             )
+
+    def latent_splits(self, stage: str) -> dict[str, CaptionDataset]:
+        """The splits `stage` reads whose latents come from the cache (all of them when `cache_latents`)."""
+        if not self.cache_latents:
+            return {}
+        self.setup(stage)
+        return {
+            s: self.splits[s]
+            for s in _STAGE_SPLITS.get(stage, SPLITS)
+            if isinstance(self.splits.get(s), CaptionDataset)
+        }
 
     def state_dict(self) -> dict:
         """The train loader's place in its epoch (saved in every checkpoint).
@@ -184,6 +205,17 @@ def _check_config(
         problems.append(f"val_fraction={val_fraction} (expected in [0, 0.5): val and test take it each)")
     if problems:
         raise ValueError("bad data config: " + "; ".join(problems))
+
+
+def _check_latent_cache(center_crop: bool, hub: HubConfig | None) -> None:
+    """Refuse what can't be cached, at instantiate time, with the reason."""
+    if not center_crop:
+        raise ValueError(
+            "data.cache_latents=true needs data.center_crop=true: a random crop differs every epoch, so its "
+            "latents can't be cached (set data.cache_latents=false to keep random crops)"
+        )
+    if hub is not None and hub.streaming:
+        raise ValueError("data.cache_latents=true needs an indexable split: set data.hub.streaming=false")
 
 
 def _hub_config(hub: Mapping | None) -> HubConfig:

@@ -1,15 +1,18 @@
 """Captioned-image datasets over files on disk or a `datasets` table, and the collate that tokenizes."""
 
+import hashlib
 import warnings
 from collections.abc import Sequence
 from typing import Protocol
 
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
 from ldm.data.images import ImageTransform
 from ldm.data.layouts import Sample
+from ldm.latent_cache import LatentLookup, file_digest
 
 # What a bad image can raise while decoding; anything else is a bug and should surface.
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
@@ -40,13 +43,20 @@ class FileSource:
     def image(self, index: int) -> Image.Image:
         return Image.open(self.samples[index].image)
 
+    def digest(self, index: int) -> str:
+        """SHA-256 of the image file: the latent cache's key for its content (no decoding needed)."""
+        return file_digest(self.samples[index].image)
+
 
 class CaptionDataset(Dataset):
-    """One item per image: {"pixel_values": (3, R, R) in [-1, 1], "caption": str}.
+    """One item per image: {"pixel_values": (3, R, R) in [-1, 1], "caption": str}, or with cached latents
+    (`latents` set by `ldm.latent_cache.prepare`) {"latent_moments": (2C, R/8, R/8), "caption": str}.
 
     train: a random caption of the image on every read (so epochs differ) and caption dropout to ""
     (so classifier-free guidance keeps an unconditional branch); otherwise always the first caption.
-    An image that fails to decode is replaced by the next one (deterministic) with a warning.
+    An image that fails to decode is replaced by the next one (deterministic) with a warning. A cached
+    item draws its flip with the same random number the image transform would, so a run sees the same
+    flips and captions with or without the cache.
     """
 
     def __init__(self, source: Source, transform: ImageTransform, *, train: bool, caption_dropout: float) -> None:
@@ -54,13 +64,41 @@ class CaptionDataset(Dataset):
         self.transform = transform
         self.train = train
         self.caption_dropout = caption_dropout
+        self.latents: LatentLookup | None = None
 
     def __len__(self) -> int:
         return len(self.source)
 
+    def image_digest(self, index: int) -> str:
+        """The image's content hash: its file's bytes, or its decoded pixels for sources without files."""
+        if hasattr(self.source, "digest"):
+            return self.source.digest(index)
+        with self.source.image(index) as image:
+            rgb = image.convert("RGB")
+        return hashlib.sha256(f"{rgb.size}".encode() + rgb.tobytes()).hexdigest()
+
+    def pixels(self, index: int, *, flip: bool) -> torch.Tensor:
+        """(3, R, R) centre crop, flipped or not: what the latent cache encodes (raises DECODE_ERRORS)."""
+        centre = ImageTransform(self.transform.resolution, random_crop=False, random_flip=False)
+        with self.source.image(index) as image:
+            pixels = centre(image)
+        # flipping the tensor equals flipping the cropped image (a permutation of the same pixels)
+        return torch.from_numpy(np.ascontiguousarray(pixels.numpy()[:, :, ::-1])) if flip else pixels
+
     def __getitem__(self, index: int) -> dict:
         n = len(self.source)
         for i in ((index + k) % n for k in range(n)):
+            if self.latents is not None:
+                if not self.latents.has(i):
+                    warnings.warn(
+                        f"could not decode {self.source.name(i)} when the latent cache was filled; "
+                        "using the next image instead",
+                        stacklevel=2,
+                    )
+                    continue
+                flip = self.transform.random_flip and bool(torch.rand(()) < 0.5)  # the transform's own draw
+                moments = self.latents.get(i, flip)
+                return {"latent_moments": moments, "caption": self._caption(self.source.captions(i))}
             try:
                 with self.source.image(i) as image:
                     pixel_values = self.transform(image)  # (3, R, R)
@@ -96,8 +134,9 @@ class CaptionCollator:
         input_ids = self.tokenizer(
             captions, padding="max_length", max_length=self.max_length, truncation=True, return_tensors="pt"
         ).input_ids  # (B, max_length) int64
+        images = "latent_moments" if "latent_moments" in items[0] else "pixel_values"
         return {
-            "pixel_values": torch.stack([item["pixel_values"] for item in items]),  # (B, 3, R, R) float32
+            images: torch.stack([item[images] for item in items]),  # (B, 3, R, R) or (B, 2C, R/8, R/8) float32
             "input_ids": input_ids,
             "captions": captions,
         }

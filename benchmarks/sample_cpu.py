@@ -1,0 +1,358 @@
+"""CPU generation benchmark: diffusers' defaults as the original app used them vs `sample.py`'s defaults.
+
+python benchmarks/sample_cpu.py --quick          # < 5 min on 2 quiet cores: 2 measured steps per variant
+python benchmarks/sample_cpu.py                  # 4 measured steps per variant, and the memory settings
+python benchmarks/sample_cpu.py --full           # every step of every variant (about an hour on 2 cores)
+python benchmarks/sample_cpu.py --smoke          # tiny random model, seconds (CI)
+python benchmarks/sample_cpu.py --threads 1 --model /models/sd15   # real weights work too
+
+One 512x512 image of SD1.5-size components (random weights built from benchmarks/sd15_config/, written once
+to .cache/sd15-random; the cost does not depend on the weight values). Each variant runs in its own
+process, so its peak RSS (load included) is its own:
+  baseline     StableDiffusionPipeline.from_pretrained + enable_attention_slicing(), PNDM 50 steps, fp32
+  ours         sample.py's defaults (conf/sampling/default.yaml) through load_for_inference + generate
+  ours-fp32    the same with dtype=fp32: what a CPU without a bf16 unit runs (only when `auto` picks bf16)
+  deep-cache   ours + deep_cache.interval=3 (opt-in)   (and deep-cache-fp32)
+  slicing      ours-fp32 + attention_slicing=on         (time and memory of slicing on our path)
+  chan-last    ours-fp32 + the U-Net in channels_last   (the layout sample.py no longer uses)
+Unless --full, a variant runs its first K steps (then the pipeline's interrupt flag skips the rest and it
+decodes), and s/image is extrapolated: the time before the first U-Net call + every step at the median of its
+kind (full / shallow; the first step counts as warm-up when there are others) + VAE decode + the rest.
+The table says which numbers are extrapolated. GFLOP/s counts the matmuls, convolutions and attention of
+one U-Net call (FlopCounterMode on meta tensors) over its median time, against the median GFLOP/s of square
+matmuls measured in this run with the same threads (bf16 matmuls for bf16 variants; see `roof`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import (
+    count_flops,
+    default_cache_dir,
+    ensure_random_sd15,
+    machine_line,
+    matmul_peak_gflops,
+    run_json_subprocess,
+    table,
+)
+
+PROMPT = "A dog running on the beach at sunset"
+BASELINE_STEPS = 50
+VARIANTS: dict[str, list[str]] = {  # variant -> sample.py overrides on top of its defaults
+    "ours": [],
+    "ours-fp32": ["dtype=fp32"],
+    "deep-cache": ["deep_cache.interval=3"],
+    "deep-cache-fp32": ["deep_cache.interval=3", "dtype=fp32"],
+    "slicing": ["dtype=fp32", "attention_slicing=on"],
+    "chan-last": ["dtype=fp32"],
+}
+MODES = {  # measured steps per variant (None: all), variants run
+    "smoke": (2, ["baseline", "ours", "ours-fp32", "deep-cache"]),
+    "quick": (2, ["baseline", "ours", "ours-fp32", "deep-cache"]),
+    "default": (4, ["baseline", "ours", "ours-fp32", "deep-cache", "deep-cache-fp32", "slicing", "chan-last"]),
+    "full": (None, ["baseline", "ours", "ours-fp32", "deep-cache", "deep-cache-fp32", "slicing", "chan-last"]),
+}
+
+
+# --- worker: one variant in this process -------------------------------------------------------------
+class Recorder:
+    """Timestamps of U-Net calls (module hooks), steps (diffusers' step-end callback) and the VAE decode."""
+
+    def __init__(self, unet: torch.nn.Module, vae: Any, max_steps: int | None) -> None:
+        self.max_steps = max_steps
+        self.calls: list[tuple[float, float]] = []
+        self.step_ends: list[float] = []
+        self.decode: tuple[float, float] | None = None
+        unet.register_forward_pre_hook(lambda *_: self.calls.append((time.perf_counter(), 0.0)))
+        unet.register_forward_hook(lambda *_: self._end_call())
+        decode = vae.decode
+
+        def timed_decode(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            out = decode(*args, **kwargs)
+            self.decode = (start, time.perf_counter())
+            return out
+
+        vae.decode = timed_decode
+
+    def _end_call(self) -> None:
+        self.calls[-1] = (self.calls[-1][0], time.perf_counter())
+
+    def on_step(self, pipe: Any, step: int, timestep: Any, kwargs: dict) -> dict:
+        self.step_ends.append(time.perf_counter())
+        if self.max_steps is not None and len(self.step_ends) >= self.max_steps:
+            pipe._interrupt = True  # diffusers skips the remaining steps, then decodes
+        return kwargs
+
+
+def _threads(threads: int | None) -> None:
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def run_baseline(model: str, steps: int, max_steps: int | None, height: int, threads: int | None) -> dict[str, Any]:
+    """diffusers' StableDiffusionPipeline as the original app used it: PNDM (the folder's), slicing on, fp32."""
+    from diffusers import StableDiffusionPipeline
+
+    _threads(threads)
+    start = time.perf_counter()
+    pipe = StableDiffusionPipeline.from_pretrained(model, safety_checker=None, requires_safety_checker=False)
+    pipe.enable_attention_slicing()
+    pipe.set_progress_bar_config(disable=True)
+    load = time.perf_counter() - start
+    rec = Recorder(pipe.unet, pipe.vae, max_steps)
+    t0 = time.perf_counter()
+    pipe(
+        PROMPT,
+        num_inference_steps=steps,
+        guidance_scale=7.5,
+        height=height,
+        width=height,
+        generator=torch.Generator("cpu").manual_seed(0),
+        callback_on_step_end=rec.on_step,
+    )
+    t1 = time.perf_counter()
+    kinds = ["full"] * len(pipe.scheduler.timesteps)
+    return _summary(rec, t0, t1, kinds, load, f"pndm x{steps}", "fp32", "slicing on")
+
+
+def run_ours(model: str, overrides: list[str], max_steps: int | None, threads: int | None, name: str) -> dict[str, Any]:
+    """sample.py's path: compose conf/sample.yaml (+ overrides), load_for_inference, generate."""
+    from hydra import compose, initialize_config_dir
+
+    from ldm import fast_sampling
+    from ldm.config import register_resolvers
+    from ldm.sampling import SampleSettings, generate, load_for_inference
+
+    register_resolvers()
+    extra = [f"threads={threads}"] if threads else []
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"):
+        cfg = compose("sample", [f"model.pretrained={model}", f"prompt={PROMPT}", "seed=0", *extra, *overrides])
+    start = time.perf_counter()
+    module = load_for_inference(cfg, base_override=True)
+    if name == "chan-last":
+        module.unet.to(memory_format=torch.channels_last)
+    load = time.perf_counter() - start
+    settings = SampleSettings.from_config(cfg, [PROMPT])
+    rec = Recorder(module.unet, module.vae, max_steps)
+    fast = fast_sampling.installed(module)
+    t0 = time.perf_counter()
+    (image,) = generate(module, settings, on_step=rec.on_step)
+    t1 = time.perf_counter()
+    scheduler = image.info["scheduler"]
+    steps = settings.steps
+    interval = fast.interval if fast else 1
+    kinds = ["full" if i % interval == 0 else "shallow" for i in range(steps)]
+    extras = [f"deep cache {image.info['deep_cache']}"] if interval > 1 else []
+    extras += ["slicing on"] if cfg.attention_slicing == "on" else []
+    extras += ["channels_last"] if name == "chan-last" else []
+    summary = _summary(rec, t0, t1, kinds, load, f"{scheduler} x{steps}", image.info["precision"], ", ".join(extras))
+    summary["deep_cache"] = {"interval": interval, "branch": fast.branch if fast else 0}
+    return summary
+
+
+def run_worker(variant: str, model: str, height: int, max_steps: int | None, threads: int | None) -> dict[str, Any]:
+    if variant == "baseline":
+        return run_baseline(model, BASELINE_STEPS, max_steps, height, threads)
+    return run_ours(model, VARIANTS[variant], max_steps, threads, variant)
+
+
+def _summary(
+    rec: Recorder, t0: float, t1: float, kinds: list[str], load: float, solver: str, precision: str, notes: str
+) -> dict[str, Any]:
+    """Measured times and the extrapolation to every step (see the module docstring)."""
+    calls = [end - start for start, end in rec.calls]
+    measured = len(rec.step_ends)
+    first_call = rec.calls[0][0]
+    bounds = [first_call, *rec.step_ends]
+    step_times = [b - a for a, b in itertools.pairwise(bounds)]
+    per_kind: dict[str, float] = {}
+    call_kind: dict[str, float] = {}
+    for kind in ("full", "shallow"):
+        idx = [i for i in range(measured) if kinds[i] == kind]
+        warm = idx[1:] if len(idx) > 1 else idx  # the first call of a kind pays one-off allocations
+        if warm:
+            per_kind[kind] = statistics.median(step_times[i] for i in warm)
+            call_kind[kind] = statistics.median(calls[i] for i in warm)
+    decode = rec.decode[1] - rec.decode[0]
+    before = first_call - t0
+    after = t1 - rec.decode[1]
+    complete = measured == len(kinds)
+    per_image = (t1 - t0) if complete else before + sum(per_kind[k] for k in kinds) + decode + after
+    rss = _vm_hwm_gib()
+    return {
+        "solver": solver,
+        "precision": precision,
+        "notes": notes,
+        "threads": torch.get_num_threads(),
+        "load_s": load,
+        "before_s": before,
+        "calls": len(kinds),
+        "measured_steps": measured,
+        "kinds": kinds,
+        "step_s": per_kind,
+        "call_s": call_kind,
+        "decode_s": decode,
+        "after_s": after,
+        "image_s": per_image,
+        "extrapolated": not complete,
+        "peak_rss_gib": rss,
+    }
+
+
+def _vm_hwm_gib() -> float:
+    """Peak RSS of this process (VmHWM), in GiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM"):
+            return int(line.split()[1]) / 2**20
+    return float("nan")
+
+
+# --- parent: FLOPs, matmul roof, the table -----------------------------------------------------------
+def unet_flops(model: str, height: int, branch: int) -> dict[str, float]:
+    """FLOPs of one CFG U-Net call (batch 2) in full and shallow (DeepCache) form, on meta tensors."""
+    from diffusers import UNet2DConditionModel
+
+    from ldm.fast_sampling import DeepCache
+
+    config = UNet2DConditionModel.load_config(model, subfolder="unet")
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(config).eval()
+        side = height // 8
+        x = torch.randn(2, unet.config.in_channels, side, side)
+        context = torch.randn(2, 77, unet.config.cross_attention_dim)
+        t = torch.tensor(500)
+        with torch.no_grad(), DeepCache(unet, 2, branch):
+            full = count_flops(lambda: unet(x, t, context))
+            shallow = count_flops(lambda: unet(x, t, context))
+    return {"full": full, "shallow": shallow}
+
+
+def roof(dtype: torch.dtype, smoke: bool) -> float:
+    """The matmul peak: the best, over a few square sizes (not powers of two: cache aliasing), of the
+    median GFLOP/s of 3 runs. A best, not a median, because other processes only ever slow it down."""
+    sizes = (256,) if smoke else (1536, 2000, 3000)
+    return max(matmul_peak_gflops(dtype, size, repeats=3) for size in sizes)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    mode = parser.add_mutually_exclusive_group()
+    for flag in ("quick", "full", "smoke"):
+        mode.add_argument(f"--{flag}", action="store_true")
+    parser.add_argument("--model", help="a diffusers folder (default: the random SD1.5 in the cache)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads for every variant")
+    parser.add_argument("--variants", nargs="+", choices=["baseline", *VARIANTS], help="override the mode's list")
+    parser.add_argument("--steps", type=int, default=None, help="measured steps per variant (default: the mode's)")
+    parser.add_argument("--json", type=Path, help="also write the raw numbers here")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--max-steps", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--height", type=int, default=512, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.worker:
+        print(json.dumps(run_worker(args.worker, args.model, args.height, args.max_steps, args.threads)))
+        return
+
+    name = "smoke" if args.smoke else "quick" if args.quick else "full" if args.full else "default"
+    max_steps, variants = MODES[name]
+    max_steps = args.steps or max_steps
+    variants = args.variants or variants
+    if args.smoke:
+        from ldm.tiny import ensure_tiny_pretrained
+
+        model, height = ensure_tiny_pretrained(default_cache_dir() / "tiny-sd15"), 64
+    else:
+        model, height = str(ensure_random_sd15(args.model or default_cache_dir() / "sd15-random")), 512
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    machine = machine_line()
+    roofs = {"fp32": roof(torch.float32, args.smoke), "bf16": roof(torch.bfloat16, args.smoke)}
+    results: dict[str, dict[str, Any]] = {}
+    for variant in variants:
+        if variant.endswith("-fp32") and results.get(variant.removesuffix("-fp32"), {}).get("precision") == "fp32":
+            continue  # `dtype: auto` already picked fp32 on this CPU: the same run twice
+        worker = [__file__, "--worker", variant, "--model", model, "--height", str(height)]
+        worker += ["--threads", str(args.threads)] if args.threads else []
+        worker += ["--max-steps", str(max_steps)] if max_steps else []
+        # smoke: in this process (seconds; its RSS is shared); otherwise one process per variant (its own peak RSS)
+        if args.smoke:
+            results[variant] = run_worker(variant, model, height, max_steps, args.threads)
+        else:
+            results[variant] = run_json_subprocess(worker)
+        print(f"# {variant}: done after {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+    if name in ("default", "full"):  # measured again at the end: the machine may have been busier at the start
+        roofs = {k: max(v, roof(torch.float32 if k == "fp32" else torch.bfloat16, False)) for k, v in roofs.items()}
+    branch = next((r["deep_cache"]["branch"] for r in results.values() if "deep_cache" in r), 0)
+    flops = unet_flops(model, height, branch)
+    print_report(results, roofs, flops, machine, name, max_steps, height, time.perf_counter() - started)
+    if args.json:
+        args.json.write_text(
+            json.dumps({"machine": machine, "roofs": roofs, "flops": flops, "results": results}, indent=1)
+        )
+
+
+def print_report(
+    results: dict[str, dict[str, Any]],
+    roofs: dict[str, float],
+    flops: dict[str, float],
+    machine: str,
+    mode: str,
+    max_steps: int | None,
+    height: int,
+    elapsed: float,
+) -> None:
+    base = results.get("baseline", {}).get("image_s")
+    rows = []
+    for variant, r in results.items():
+        peak = roofs["bf16" if r["precision"].startswith("bf16") else "fp32"]
+        call_cells, rate_cells = [], []
+        for kind in ("full", "shallow"):
+            if kind in r["call_s"]:
+                seconds = r["call_s"][kind]
+                rate = flops[kind] / seconds / 1e9
+                call_cells.append(f"{seconds:.2f}" + (" / " if kind == "full" and "shallow" in r["call_s"] else ""))
+                rate_cells.append(f"{rate:.0f} ({100 * rate / peak:.0f}%)")
+        rows.append(
+            [
+                variant,
+                r["solver"],
+                r["precision"] + (f", {r['notes']}" if r["notes"] else ""),
+                "".join(call_cells),
+                " / ".join(rate_cells),
+                r["decode_s"],
+                f"{r['image_s']:.1f}" + (" (extrapolated)" if r["extrapolated"] else ""),
+                f"{base / r['image_s']:.2f}x" if base else "-",
+                f"{r['peak_rss_gib']:.2f}",
+            ]
+        )
+    steps = "all steps" if max_steps is None else f"first {max_steps} steps measured per variant, the rest extrapolated"
+    print(f"## sample_cpu ({mode}): one {height}x{height} image, {steps}")
+    print(f"machine: {machine}")
+    print(
+        f"matmul peak (GFLOP/s, best square size, this run): fp32 {roofs['fp32']:.0f}, bf16 {roofs['bf16']:.0f}; "
+        f"one CFG U-Net call = {flops['full'] / 1e9:,.0f} GFLOP (shallow DeepCache call {flops['shallow'] / 1e9:,.0f})"
+    )
+    print()
+    headers = ["variant", "solver x steps", "precision, settings", "s per U-Net call (full / shallow)",
+               "GFLOP/s (% of peak)", "VAE decode s", "s/image", "vs baseline", "peak RSS GiB"]  # fmt: skip
+    print(table(headers, rows))
+    print(f"\n(total {elapsed:.0f} s; s per U-Net call: median over measured calls after the first of each kind)")
+
+
+if __name__ == "__main__":
+    main()

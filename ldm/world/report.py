@@ -1,0 +1,214 @@
+"""Stage 3's evidence: adherence of the base model and of the fine-tuned one, as report.json, a table, a grid.
+
+Why a callback: `python train.py experiment=shapes` then judges the very module it trains, before the
+first step (the base model, untouched) and after the last, with the same prompts and seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as L
+from lightning.pytorch.utilities import rank_zero_only
+from PIL import Image, ImageDraw
+
+from ldm.module import TextEncoderFineTuner
+from ldm.sampling import make_grid
+from ldm.world.adherence import Prompt, SamplingPlan, chance_levels, eval_prompts, render, score
+from ldm.world.export import load_judge
+from ldm.world.vocab import ATTRIBUTES, VOCABULARIES
+
+log = logging.getLogger(__name__)
+STAGES = {"base_model": "base model", "after_stage3": "after stage 3"}
+
+
+def check_targets(adherence: Mapping[str, Any], targets: Mapping[str, float]) -> dict[str, dict[str, Any]]:
+    """The issue's targets, each with the value reached and whether it is met."""
+    before, after = adherence.get("base_model"), adherence.get("after_stage3")
+    checks: dict[str, dict[str, Any]] = {}
+    if before:
+        value = before["base"]["mean"]
+        checks["base_model_on_base_prompts"] = {
+            "value": value,
+            "min": targets["base_min"],
+            "met": value >= targets["base_min"],
+        }
+        value = before["new"]["mean"]
+        chance = sum(chance_levels().values()) / len(ATTRIBUTES)
+        near = abs(value - chance) <= targets["new_before_max_above_chance"]
+        checks["base_model_on_new_prompts_near_chance"] = {"value": value, "chance": chance, "met": near}
+    if before and after:
+        value = after["new"]["mean"]
+        checks["after_stage3_on_new_prompts"] = {
+            "value": value,
+            "min": targets["new_after_min"],
+            "met": value >= targets["new_after_min"],
+        }
+        drop = before["base"]["mean"] - after["base"]["mean"]
+        checks["base_prompts_drop"] = {
+            "value": drop,
+            "max": targets["base_drop_max"],
+            "met": drop <= targets["base_drop_max"],
+        }
+    return checks
+
+
+def format_table(report: Mapping[str, Any]) -> str:
+    """Plain-text table of adherence by stage and vocabulary (what the demo prints and the README shows)."""
+    chance = report["chance"]
+    head = f"{'stage':<15}{'prompts':<9}" + "".join(f"{a:>10}" for a in ATTRIBUTES) + f"{'mean':>10}"
+    lines = [head, "-" * len(head)]
+    for stage, label in STAGES.items():
+        for vocab in VOCABULARIES:
+            row = report["adherence"].get(stage, {}).get(vocab)
+            if row is not None:
+                cells = "".join(f"{row[a]:>10.1%}" for a in (*ATTRIBUTES, "mean"))
+                lines.append(f"{label:<15}{vocab:<9}{cells}")
+    mean_chance = sum(chance.values()) / len(chance)
+    lines.append(f"{'chance':<24}" + "".join(f"{chance[a]:>10.1%}" for a in ATTRIBUTES) + f"{mean_chance:>10.1%}")
+    for name, check in report.get("checks", {}).items():
+        lines.append(f"{'met ' if check['met'] else 'MISSED'} {name}: {check['value']:.1%}")
+    return "\n".join(lines)
+
+
+def before_after_grid(rows: Sequence[tuple[str, Sequence[Image.Image]]], scale: int) -> Image.Image:
+    """One labelled row of images per (label, images), nearest-neighbour upscaled so 32 px stays readable."""
+    label_width = 110
+    grids = [make_grid(list(images), columns=len(images)) for _, images in rows]
+    width, height = grids[0].width * scale, grids[0].height * scale
+    canvas = Image.new("RGB", (label_width + width, height * len(rows)), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    for i, ((label, _), grid) in enumerate(zip(rows, grids, strict=True)):
+        canvas.paste(grid.resize((width, height), Image.Resampling.NEAREST), (label_width, i * height))
+        draw.text((4, i * height + height // 2 - 6), label, fill=(0, 0, 0))
+    return canvas
+
+
+class AdherenceReport(L.Callback):
+    """Judge the module on fixed prompts per vocabulary before fine-tuning and after; write the report.
+
+    Every `curve_every_n_epochs` epochs (null: never) it also judges new-vocabulary prompts, for the curve.
+    """
+
+    def __init__(
+        self,
+        *,
+        judge: str,
+        out_dir: str,
+        prompts_per_vocabulary: int,
+        templates: str,
+        steps: int,
+        guidance_scale: float,
+        scheduler: str,
+        seed: int,
+        batch_size: int,
+        grid_prompts: int,
+        grid_scale: int,
+        curve_every_n_epochs: int | None,
+        targets: Mapping[str, float],
+    ) -> None:
+        self.judge_dir = judge
+        self.out_dir = Path(out_dir)
+        self.plan = SamplingPlan(steps, guidance_scale, scheduler, seed, batch_size)
+        self.prompts = {v: eval_prompts(v, prompts_per_vocabulary, templates, seed, batch_size) for v in VOCABULARIES}
+        self.templates = templates
+        self.grid_prompts = grid_prompts
+        self.grid_scale = grid_scale
+        self.curve_every_n_epochs = curve_every_n_epochs
+        self.targets = dict(targets)
+        self.judge = None
+        self.judge_report: dict[str, Any] = {}
+        self.adherence: dict[str, dict[str, Any]] = {}
+        self.grid_images: dict[str, dict[str, list[Image.Image]]] = {}
+        self.curve: list[dict[str, Any]] = []
+        self.epoch_losses: list[float] = []
+        self.seconds: dict[str, float] = {}
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        try:
+            self.judge, self.judge_report = load_judge(self.judge_dir)
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f"no judge at {self.judge_dir}: run `python train.py experiment=shapes_judge` first "
+                "(or `make demo`, which runs every stage)"
+            ) from None
+
+    def _evaluate(self, module: TextEncoderFineTuner, stage: str, vocabularies: Sequence[str]) -> dict[str, Any]:
+        start = time.perf_counter()
+        result = {}
+        for vocab in vocabularies:
+            prompts: list[Prompt] = self.prompts[vocab]
+            images = render(module, prompts, self.plan, desc=f"adherence {STAGES.get(stage, stage)}, {vocab} prompts")
+            result[vocab] = score(self.judge, images, prompts)
+            self.grid_images.setdefault(stage, {})[vocab] = images[: self.grid_prompts]
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
+        return result
+
+    @rank_zero_only
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.adherence["base_model"] = self._evaluate(pl_module, "base_model", list(VOCABULARIES))
+
+    @rank_zero_only
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        loss = trainer.callback_metrics.get("train/loss_epoch")
+        if loss is not None:
+            self.epoch_losses.append(float(loss))
+        n = self.curve_every_n_epochs
+        if n and (trainer.current_epoch + 1) % n == 0 and trainer.current_epoch + 1 < trainer.max_epochs:
+            point = self._evaluate(pl_module, "curve", ["new"])["new"]
+            self.curve.append({"epoch": trainer.current_epoch + 1, "step": trainer.global_step, "new": point})
+            log.info("adherence after epoch %d: new prompts %.1f%%", trainer.current_epoch + 1, 100 * point["mean"])
+
+    @rank_zero_only
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or "base_model" not in self.adherence:
+            return
+        self.adherence["after_stage3"] = self._evaluate(pl_module, "after_stage3", list(VOCABULARIES))
+        self.curve.append(
+            {"epoch": trainer.current_epoch, "step": trainer.global_step, "new": self.adherence["after_stage3"]["new"]}
+        )
+        report = self.build_report(pl_module, trainer)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        (self.out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        rows = [
+            (f"{STAGES[stage]}, {vocab}", self.grid_images[stage][vocab])
+            for vocab in ("new", "base")
+            for stage in STAGES
+        ]
+        before_after_grid(rows, self.grid_scale).save(self.out_dir / "grid.png")
+        table = format_table(report)
+        print(f"\n{table}\nreport: {self.out_dir / 'report.json'}   grid: {self.out_dir / 'grid.png'}", flush=True)
+
+    def build_report(self, module: TextEncoderFineTuner, trainer: L.Trainer) -> dict[str, Any]:
+        report = {
+            "base_model": module.hparams.pretrained,
+            "trainable": module.trainable_names,
+            "sampling": {
+                "scheduler": self.plan.scheduler,
+                "steps": self.plan.steps,
+                "guidance_scale": self.plan.guidance_scale,
+                "seed": self.plan.seed,
+                "seeds": "prompt i uses seed + i // batch_size",
+                "batch_size": self.plan.batch_size,
+                "templates": self.templates,
+                "prompts_per_vocabulary": {v: len(p) for v, p in self.prompts.items()},
+            },
+            "chance": chance_levels(),
+            "judge": self.judge_report,
+            "adherence": self.adherence,
+            "curve": self.curve,
+            "stage3": {
+                "steps": trainer.global_step,
+                "epochs": trainer.current_epoch,
+                "train_loss_by_epoch": self.epoch_losses,
+            },
+            "seconds": self.seconds,
+            "prompts": {v: [p.text for p in prompts] for v, prompts in self.prompts.items()},
+        }
+        report["checks"] = check_targets(self.adherence, self.targets)
+        return report

@@ -1,0 +1,191 @@
+"""The offline shapes world: generator, vocabularies, the judge's check, the three stages (a few steps each),
+the cached re-run, the stage-2 diffusers folder and report.json. The numbers of a full run live in the README.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+from hydra import initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from transformers import CLIPTokenizer
+
+from ldm.assets import CLIP_TOKENIZER_DIR
+from ldm.data import Flickr8kDataModule
+from ldm.training import build_module
+from ldm.world.export import JudgeNotGoodEnough
+from ldm.world.generator import VOCABULARY_ROOTS, write_world
+from ldm.world.pipeline import PIPELINE_PARTS
+from ldm.world.scenes import all_combinations
+from ldm.world.stages import run_all
+from ldm.world.vocab import ATTRIBUTES, BASE, NEW, VOCABULARIES, parse_caption
+from tests.conftest import CONF_DIR, compose_config, torch_threads
+
+CONF_DATA = Path(CONF_DIR) / "data"
+WORLD = dict(num_images=40, image_size=32, seed=0, radius=0.17, jitter=0.03, val_images=4, test_images=8)
+# every stage at toy size: a 48-image world, 2-3 optimizer steps, 4 prompts per vocabulary
+SMALL = [
+    "data.generate.num_images=48",
+    "data.world.val_images=8",
+    "data.world.test_images=8",
+    "data.batch_size=8",
+    "++trainer.max_steps=3",
+    "++trainer.val_check_interval=3",
+    "++trainer.check_val_every_n_epoch=null",
+    "++trainer.enable_progress_bar=false",
+]
+STAGE_SMALL = {
+    "shapes_judge": ["callbacks.export.min_accuracy=0.0"],  # 3 steps can't make a judge; the check still runs
+    "shapes": [
+        "callbacks.adherence.prompts_per_vocabulary=4",
+        "callbacks.adherence.batch_size=2",
+        "callbacks.adherence.steps=2",
+        "callbacks.adherence.grid_prompts=2",
+    ],
+}
+
+
+@pytest.fixture(scope="session")
+def tokenizer() -> CLIPTokenizer:
+    return CLIPTokenizer.from_pretrained(CLIP_TOKENIZER_DIR)
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_generator_is_deterministic(tmp_path: Path) -> None:
+    a = write_world(tmp_path / "a", layout="original", mix_new_captions=3, **WORLD)
+    b = write_world(tmp_path / "b", layout="original", mix_new_captions=3, **WORLD)
+    files = _files(a)
+    assert files == _files(b)
+    assert sum(name.endswith(".jpg") for name in files) == WORLD["num_images"]
+    c = write_world(tmp_path / "c", layout="original", mix_new_captions=3, **{**WORLD, "seed": 1})
+    assert _files(c) != files
+
+
+@pytest.mark.parametrize("layout", ["original", "kaggle"])
+def test_captions_parse_in_both_flickr8k_layouts(tmp_path: Path, tokenizer, layout: str) -> None:
+    """Each vocabulary folder loads through the Flickr8k DataModule unchanged; every caption parses back
+    to the same attributes in the expected vocabulary (mix: 3 new, then 2 base)."""
+    root = write_world(tmp_path / "world", layout=layout, mix_new_captions=3, **WORLD)
+    labels = {}
+    for vocabulary in VOCABULARY_ROOTS:
+        small = {"root": str(root / vocabulary), "resolution": 32, "batch_size": 4, "num_workers": 0, "max_length": 16}
+        dm = instantiate(OmegaConf.merge(OmegaConf.load(CONF_DATA / "flickr8k.yaml"), small), tokenizer=tokenizer)
+        assert isinstance(dm, Flickr8kDataModule)
+        dm.setup()
+        assert sum(len(s) for s in dm.splits.values()) == WORLD["num_images"]
+        for split in dm.splits.values():
+            for i in range(len(split)):
+                name, captions = split.source.name(i), split.source.captions(i)
+                parsed = [parse_caption(c) for c in captions]
+                assert all(p is not None for p in parsed), captions
+                expected = {"base": ["base"] * 5, "new": ["new"] * 5, "mix": ["new"] * 3 + ["base"] * 2}[vocabulary]
+                assert [p[0] for p in parsed] == expected
+                assert all(p[1] == parsed[0][1] for p in parsed)
+                assert labels.setdefault(name, parsed[0][1]) == parsed[0][1]  # same scene in every folder
+        batch = next(iter(dm.train_dataloader()))
+        assert batch["pixel_values"].shape == (4, 3, 32, 32) and batch["input_ids"].shape == (4, 16)
+    if layout == "original":  # the test split is balanced: it cycles through all combinations
+        test_names = (root / "base" / "Flickr_8k.testImages.txt").read_text().split()
+        assert [labels[n] for n in test_names] == all_combinations()[: WORLD["test_images"]]
+
+
+def test_new_words_are_clip_ids_the_base_captions_never_use(tokenizer) -> None:
+    base_ids = {
+        i
+        for attrs in all_combinations()
+        for template in (*BASE.templates, *BASE.held_out)
+        for i in tokenizer(BASE.caption(attrs, template)).input_ids
+    }
+    for attr in ATTRIBUTES:
+        for value, phrase in NEW.words[attr].items():
+            ids = tokenizer(phrase, add_special_tokens=False).input_ids
+            new_ids = [i for i in ids if i not in base_ids]
+            assert new_ids, f"{attr}={value}: {phrase!r} has no token the base captions lack"
+    for vocab in VOCABULARIES.values():
+        for attrs in all_combinations()[::7]:
+            for template in (*vocab.templates, *vocab.held_out):
+                caption = vocab.caption(attrs, template)
+                assert parse_caption(caption) == (vocab.name, attrs)
+                assert len(tokenizer(caption).input_ids) <= 16  # data.max_length of conf/data/shapes.yaml
+
+
+@pytest.fixture(scope="module")
+def stages(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list]:
+    """All stages at toy size through the cached runner, then once more (which must skip stages 1-2)."""
+    cache, runs = tmp_path_factory.mktemp("shapes-cache"), tmp_path_factory.mktemp("shapes-runs")
+    overrides = [f"paths.cache_dir={cache}", f"paths.runs_dir={runs}", *SMALL]
+    experiments = ["shapes_vae", "shapes_judge", "shapes_base", "shapes"]
+    with torch_threads(1), initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        first = run_all(experiments, runs / "first", overrides, STAGE_SMALL)
+        second = run_all(experiments, runs / "second", overrides, STAGE_SMALL)
+    return cache / "shapes", runs, [first, second]
+
+
+def test_stages_run_then_skip_when_cached(stages) -> None:
+    shapes, _, (first, second) = stages
+    assert [r.skipped for r in first] == [False] * 4
+    assert [r.skipped for r in second] == [True, True, True, False]  # the mission always runs
+    for stage in ("vae", "judge", "base"):
+        assert json.loads((shapes / stage / "stage.json").read_text())["fingerprint"]
+
+
+def test_stage2_export_is_a_full_diffusers_folder(stages, tmp_path: Path) -> None:
+    shapes, _, _ = stages
+    base = shapes / "base"
+    assert all((base / part).exists() for part in PIPELINE_PARTS)
+    pipe = StableDiffusionPipeline.from_pretrained(base)
+    assert pipe.scheduler.config.clip_sample is False
+    assert pipe.tokenizer.model_max_length == 16
+    with torch_threads(1):
+        image = pipe("a red circle on the left", num_inference_steps=2, output_type="np").images[0]
+    assert image.shape == (32, 32, 3)
+    cfg = compose_config(
+        "train", ["experiment=shapes", f"paths.output_dir={tmp_path}", f"paths.cache_dir={shapes.parent}"]
+    )
+    module = build_module(cfg)  # model.pretrained=<stage-2 folder>: the SD1.5 loading path
+    assert module.trainable_names == ["text_encoder"]
+    assert torch.equal(module.unet.conv_in.weight, pipe.unet.conv_in.weight)
+
+
+def test_judge_check_refuses_a_weak_classifier(stages, tmp_path: Path) -> None:
+    shapes, runs, _ = stages
+    overrides = [f"paths.cache_dir={shapes.parent}", f"paths.runs_dir={runs}", *SMALL]
+    with (
+        pytest.raises(JudgeNotGoodEnough, match="below 95%"),  # 3 steps: far from a judge
+        torch_threads(1),
+        initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"),
+    ):
+        run_all(["shapes_judge"], tmp_path, [*overrides, "callbacks.export.dirpath=" + str(tmp_path / "j")])
+    assert not (tmp_path / "j").exists()
+    accuracy = json.loads((shapes / "judge" / "accuracy.json").read_text())["accuracy"]
+    assert set(accuracy) == {"renders", "reconstructions"} and set(accuracy["renders"]) == set(ATTRIBUTES)
+
+
+def test_report_has_its_fields(stages) -> None:
+    _, runs, _ = stages
+    report = json.loads((runs / "second" / "report.json").read_text())
+    assert set(report["adherence"]) == {"base_model", "after_stage3"}
+    for stage in report["adherence"].values():
+        assert set(stage) == {"base", "new"}
+        for scores in stage.values():
+            assert set(scores) == {*ATTRIBUTES, "mean"} and all(0.0 <= v <= 1.0 for v in scores.values())
+    assert report["chance"] == pytest.approx({"shape": 1 / 4, "colour": 1 / 6, "position": 1 / 5})
+    assert set(report["judge"]["accuracy"]) == {"renders", "reconstructions"}
+    assert {"scheduler", "steps", "guidance_scale", "seed"} <= set(report["sampling"])
+    assert report["sampling"]["steps"] == 2 and len(report["prompts"]["new"]) == 4
+    assert set(report["checks"]) == {
+        "base_model_on_base_prompts",
+        "base_model_on_new_prompts_near_chance",
+        "after_stage3_on_new_prompts",
+        "base_prompts_drop",
+    }
+    assert (runs / "second" / "grid.png").is_file()
+    assert (runs / "second" / "final_model" / "text_encoder").is_dir()
