@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast lint format clean
+.PHONY: setup demo demo-tiny test test-fast lint format clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,7 +13,10 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)  ## create .venv with the pinned dependencies (torch 2.13.0)
 
-demo: setup  ## offline CPU demo: tiny model + generated Flickr8k-layout data, 2 epochs
+demo: setup  ## offline CPU demo: shapes world, its 3 stages (cached in .cache/shapes), adherence report + grid
+	HF_HUB_OFFLINE=1 $(BIN)/python demo.py
+
+demo-tiny: setup  ## seconds: the training path on tiny random components + generated Flickr8k-layout data
 	HF_HUB_OFFLINE=1 $(BIN)/python train.py experiment=tiny
 
 test: setup  ## the whole suite, offline (what CI runs)

@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 log = logging.getLogger(__name__)
 
@@ -96,14 +96,11 @@ class LatentCache:
 
     def load(self, key: EntryKey) -> torch.Tensor | None:
         """The entry's moments, or None when it is missing or fails any check (then it must be rebuilt)."""
-        path = self.path(key)
         try:
-            from safetensors import safe_open
-
-            with safe_open(str(path), framework="pt") as f:
+            with safe_open(str(self.path(key)), framework="pt") as f:
                 meta = f.metadata() or {}
-            tensor = load_file(str(path))[TENSOR]
-        except (OSError, SafetensorError, KeyError, ValueError, RuntimeError):
+                tensor = f.get_tensor(TENSOR)
+        except (OSError, SafetensorError, KeyError, ValueError, RuntimeError):  # missing, truncated, not ours
             return None
         ok = (
             {k: meta.get(k) for k in key.fields()} == key.fields()
