@@ -2,7 +2,8 @@
 
 python train.py                                   # SD1.5 + Flickr8k (data.root=PATH)
 python train.py trainer.max_epochs=9 optimizer.lr=3e-5 data.batch_size=8 trainer.accumulate_grad_batches=4
-python train.py experiment=tiny                   # offline CPU demo, tiny random model
+python train.py experiment=tiny                   # seconds, offline: tiny random model on generated data
+python train.py experiment=shapes                 # the offline shapes world's mission (python demo.py runs all stages)
 python train.py -m experiment=tiny optimizer.lr=1e-5,3e-5   # sweep, one folder per run
 python train.py ckpt_path=outputs/DATE/TIME/checkpoints/last.ckpt   # resume (or a run folder, or `last`)
 python train.py ckpt_path=last                     # resume the newest outputs/**/checkpoints/last.ckpt
@@ -20,6 +21,7 @@ from ldm.config import ConfigError, register_resolvers
 from ldm.faults import NonFiniteLossError
 from ldm.module import CheckpointMismatchError
 from ldm.training import train
+from ldm.world.export import JudgeNotGoodEnough
 
 register_resolvers()
 
@@ -29,8 +31,8 @@ def main(cfg: DictConfig) -> float | None:
     """Return val/loss so Hydra sweepers (e.g. Optuna) can optimise it."""
     try:
         trainer, _ = train(cfg)
-    except (ConfigError, CheckpointMismatchError, CheckpointLoadError, NonFiniteLossError) as error:  # no traceback
-        sys.exit(f"error: {error}")
+    except (ConfigError, CheckpointMismatchError, CheckpointLoadError, NonFiniteLossError, JudgeNotGoodEnough) as error:
+        sys.exit(f"error: {error}")  # one line, no traceback: the message says what to change
     val_loss = trainer.callback_metrics.get("val/loss")
     return None if val_loss is None else float(val_loss)
 

@@ -15,6 +15,7 @@ process, so its peak RSS (load included) is its own:
   deep-cache   ours + deep_cache.interval=3 (opt-in)   (and deep-cache-fp32)
   slicing      ours-fp32 + attention_slicing=on         (time and memory of slicing on our path)
   chan-last    ours-fp32 + the U-Net in channels_last   (the layout sample.py no longer uses)
+  vae-tiled    ours-fp32 + VAE tiling forced to 256 px tiles (diffusers tiles only above 512 px by itself)
 Unless --full, a variant runs its first K steps (then the pipeline's interrupt flag skips the rest and it
 decodes), and s/image is extrapolated: the time before the first U-Net call + every step at the median of its
 kind (full / shallow; the first step counts as warm-up when there are others) + VAE decode + the rest.
@@ -58,11 +59,15 @@ VARIANTS: dict[str, list[str]] = {  # variant -> sample.py overrides on top of i
     "deep-cache-fp32": ["deep_cache.interval=3", "dtype=fp32"],
     "slicing": ["dtype=fp32", "attention_slicing=on"],
     "chan-last": ["dtype=fp32"],
+    "vae-tiled": ["dtype=fp32"],
 }
 MODES = {  # measured steps per variant (None: all), variants run
     "smoke": (2, ["baseline", "ours", "ours-fp32", "deep-cache"]),
     "quick": (2, ["baseline", "ours", "ours-fp32", "deep-cache"]),
-    "default": (4, ["baseline", "ours", "ours-fp32", "deep-cache", "deep-cache-fp32", "slicing", "chan-last"]),
+    "default": (
+        4,
+        ["baseline", "ours", "ours-fp32", "deep-cache", "deep-cache-fp32", "slicing", "chan-last", "vae-tiled"],
+    ),
     "full": (None, ["baseline", "ours", "ours-fp32", "deep-cache", "deep-cache-fp32", "slicing", "chan-last"]),
 }
 
@@ -145,6 +150,9 @@ def run_ours(model: str, overrides: list[str], max_steps: int | None, threads: i
     module = load_for_inference(cfg, base_override=True)
     if name == "chan-last":
         module.unet.to(memory_format=torch.channels_last)
+    if name == "vae-tiled":  # 256 px tiles (32 latents), diffusers' own overlap and blending
+        module.vae.enable_tiling()
+        module.vae.tile_sample_min_size, module.vae.tile_latent_min_size = 256, 32
     load = time.perf_counter() - start
     settings = SampleSettings.from_config(cfg, [PROMPT])
     rec = Recorder(module.unet, module.vae, max_steps)
@@ -159,6 +167,7 @@ def run_ours(model: str, overrides: list[str], max_steps: int | None, threads: i
     extras = [f"deep cache {image.info['deep_cache']}"] if interval > 1 else []
     extras += ["slicing on"] if cfg.attention_slicing == "on" else []
     extras += ["channels_last"] if name == "chan-last" else []
+    extras += ["VAE tiles 256 px"] if name == "vae-tiled" else []
     summary = _summary(rec, t0, t1, kinds, load, f"{scheduler} x{steps}", image.info["precision"], ", ".join(extras))
     summary["deep_cache"] = {"interval": interval, "branch": fast.branch if fast else 0}
     return summary

@@ -42,3 +42,14 @@ def test_train_step_smoke_prints_its_table_and_checks_gradients(cache_dir: Path,
     assert len(rows) == 2 and all("frozen with grad" not in row for row in rows)
     tensors = [row.split("|")[7].strip() for row in rows]
     assert all(t.split("/")[0] == t.split("/")[1] for t in tensors), tensors  # every text-encoder tensor
+
+
+def test_adherence_smoke_judges_every_variant_on_the_same_prompts(cache_dir: Path) -> None:
+    result = run_benchmark("adherence.py", cache_dir, "--variants", "pndm-50", "default", "deep-cache")
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    assert "| variant | sampler | guidance | shape % | colour % | position % | mean % | vs first |" in out
+    rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ")}
+    assert "pndm x4, fp32, deep cache off" in rows["pndm-50"] and "+0.0" in rows["pndm-50"]
+    assert "dpm++ x4" in rows["default"] and "deep cache interval=3" in rows["deep-cache"]
+    assert "20 held-out base prompts" in out and "chance: shape 25.0%" in out

@@ -20,6 +20,7 @@ from ldm.data import Flickr8kDataModule
 from ldm.training import build_module
 from ldm.world.export import JudgeNotGoodEnough
 from ldm.world.generator import VOCABULARY_ROOTS, write_world
+from ldm.world.judge import jitter_colours
 from ldm.world.pipeline import PIPELINE_PARTS
 from ldm.world.scenes import all_combinations
 from ldm.world.stages import run_all
@@ -95,6 +96,28 @@ def test_captions_parse_in_both_flickr8k_layouts(tmp_path: Path, tokenizer, layo
     if layout == "original":  # the test split is balanced: it cycles through all combinations
         test_names = (root / "base" / "Flickr_8k.testImages.txt").read_text().split()
         assert [labels[n] for n in test_names] == all_combinations()[: WORLD["test_images"]]
+
+
+def test_each_image_gets_five_distinct_sentences_from_the_template_pool(tmp_path: Path) -> None:
+    root = write_world(tmp_path / "world", layout="original", mix_new_captions=3, **WORLD)
+    lines = (root / "base" / "Flickr8k.token.txt").read_text().splitlines()
+    by_image: dict[str, list[str]] = {}
+    for line in lines:
+        key, caption = line.split("\t")
+        by_image.setdefault(key.split("#")[0], []).append(caption)
+    assert all(len(set(caps)) == 5 for caps in by_image.values())
+    skeletons = {c.split(" ")[1] for caps in by_image.values() for c in caps}  # 2nd word tells templates apart
+    assert len(skeletons) > 5  # more sentence forms than one image's five
+    assert len(BASE.templates) >= 10 and len(NEW.templates) >= 10
+
+
+def test_judge_colour_jitter_keeps_the_pixel_range_and_is_off_at_zero() -> None:
+    torch.manual_seed(0)
+    pixels = torch.rand(8, 3, 32, 32) * 2 - 1
+    assert torch.equal(jitter_colours(pixels, 0.0), pixels)
+    jittered = jitter_colours(pixels, 0.2)
+    assert jittered.shape == pixels.shape and jittered.min() >= -1 and jittered.max() <= 1
+    assert not torch.allclose(jittered, pixels)
 
 
 def test_new_words_are_clip_ids_the_base_captions_never_use(tokenizer) -> None:

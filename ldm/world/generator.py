@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import random
 from pathlib import Path
 from typing import Any
 
@@ -27,16 +28,17 @@ from ldm.world.vocab import BASE, NEW
 
 VOCABULARY_ROOTS = ("base", "new", "mix")
 MARKER = "world.json"
+VERSION = 2  # bumped when the same arguments would write a different world (2: captions from 12 templates)
 
 
-def scene_captions(scene: Scene, vocabulary: str, mix_new_captions: int) -> list[str]:
-    """Five captions of `scene` in `vocabulary` (base | new | mix)."""
+def scene_captions(scene: Scene, vocabulary: str, mix_new_captions: int, rng: random.Random) -> list[str]:
+    """Five captions of `scene` in `vocabulary` (base | new | mix), their templates drawn with `rng`."""
     attrs = scene.attributes
     if vocabulary == "base":
-        return BASE.captions(attrs)
+        return BASE.captions(attrs, rng)
     if vocabulary == "new":
-        return NEW.captions(attrs)
-    new, base = NEW.captions(attrs), BASE.captions(attrs)
+        return NEW.captions(attrs, rng)
+    new, base = NEW.captions(attrs, rng), BASE.captions(attrs, rng)
     return new[:mix_new_captions] + base[mix_new_captions:]
 
 
@@ -95,7 +97,7 @@ def write_world(
         )
     args: dict[str, Any] = dict(
         num_images=num_images, image_size=image_size, seed=seed, layout=layout, radius=radius, jitter=jitter,
-        val_images=val_images, test_images=test_images, mix_new_captions=mix_new_captions,
+        val_images=val_images, test_images=test_images, mix_new_captions=mix_new_captions, version=VERSION,
     )  # fmt: skip
     scenes = sample_scenes(n_train + val_images, seed, radius=radius, jitter=jitter)
     scenes += sample_scenes(test_images, seed + 1, radius=radius, jitter=jitter, balanced=True)
@@ -108,7 +110,10 @@ def write_world(
             # 4:4:4 chroma: the default 4:2:0 smears a 32 px shape's colour into the background
             scene.render(image_size).save(tmp / "images" / name, format="JPEG", quality=95, subsampling=0)
         for vocabulary in VOCABULARY_ROOTS:
-            captions = {n: scene_captions(s, vocabulary, mix_new_captions) for n, s in zip(names, scenes, strict=True)}
+            captions = {
+                n: scene_captions(s, vocabulary, mix_new_captions, random.Random(f"{seed}:{n}"))
+                for n, s in zip(names, scenes, strict=True)
+            }
             _write_captions(tmp / vocabulary, layout, captions, splits)
         (tmp / MARKER).write_text(json.dumps(args, indent=2) + "\n")
 
@@ -119,6 +124,6 @@ def ensure_world(root: str | Path, **kwargs: Any) -> Path:
     """`write_world` unless `root` already holds a world made with the same arguments."""
     root = Path(root)
     marker = root / MARKER
-    if marker.is_file() and json.loads(marker.read_text()) == kwargs:
+    if marker.is_file() and json.loads(marker.read_text()) == {**kwargs, "version": VERSION}:
         return root
     return write_world(root, **kwargs)

@@ -65,6 +65,23 @@ def accuracy(predicted: Mapping[str, torch.Tensor], labels: torch.Tensor) -> dic
     return {a: float((predicted[a].cpu() == labels[:, k]).float().mean()) for k, a in enumerate(ATTRIBUTES)}
 
 
+def jitter_colours(pixels: torch.Tensor, amount: float) -> torch.Tensor:
+    """Per image: saturation x U[1-2a, 1+a], brightness x U[1-a, 1+a], each channel + U[-a/2, a/2] (of the
+    0..1 range); (B, 3, H, W) in [-1, 1]. At a <= 0.2 the six named colours stay far apart."""
+    if amount <= 0:
+        return pixels
+    b, device = len(pixels), pixels.device
+
+    def uniform(low: float, high: float, channels: int = 1) -> torch.Tensor:
+        return low + (high - low) * torch.rand(b, channels, 1, 1, device=device)
+
+    rgb = (pixels + 1) / 2
+    grey = rgb.mean(1, keepdim=True)
+    rgb = grey + (rgb - grey) * uniform(1 - 2 * amount, 1 + amount)
+    rgb = rgb * uniform(1 - amount, 1 + amount) + uniform(-amount / 2, amount / 2, 3)
+    return rgb.clamp(0, 1) * 2 - 1
+
+
 @torch.no_grad()
 def reconstruct(vae: AutoencoderKL, pixels: torch.Tensor) -> torch.Tensor:
     """VAE round trip with the posterior mean, clamped to the pixel range."""
@@ -74,8 +91,11 @@ def reconstruct(vae: AutoencoderKL, pixels: torch.Tensor) -> torch.Tensor:
 class JudgeModule(L.LightningModule):
     """Trains `AttributeCNN` with cross-entropy per attribute on captioned renders.
 
-    Augmentation, because generated images are not renders: Gaussian noise, a light blur, and (with
-    probability `recon_prob`) the frozen stage-1 VAE's reconstruction instead of the render.
+    Augmentation, because generated images are not renders: Gaussian noise, a light blur, (with
+    probability `recon_prob`) the frozen stage-1 VAE's reconstruction instead of the render, and colour
+    jitter (brightness, saturation, a shift per channel, up to `colour_jitter`): a generated yellow is often
+    paler than the render's and a blue a little violet, and a judge that knows only the exact render
+    colours calls them white and purple where a person would not.
     """
 
     def __init__(
@@ -86,6 +106,7 @@ class JudgeModule(L.LightningModule):
         vae: str | None,
         recon_prob: float,
         noise_std: float,
+        colour_jitter: float,
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         lr_scheduler: Callable[..., Any] | None = None,
     ) -> None:
@@ -113,7 +134,8 @@ class JudgeModule(L.LightningModule):
                 pixels[pick] = reconstruct(self.vae, pixels[pick])
         blurred = F.avg_pool2d(F.pad(pixels, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
         mix = torch.rand(len(pixels), 1, 1, 1, device=pixels.device) * 0.5  # 0..50% blur per image
-        return pixels * (1 - mix) + blurred * mix + hp.noise_std * torch.randn_like(pixels)
+        pixels = jitter_colours(pixels * (1 - mix) + blurred * mix, hp.colour_jitter)
+        return pixels + hp.noise_std * torch.randn_like(pixels)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         labels = caption_labels(batch["captions"]).to(self.device)

@@ -20,6 +20,7 @@ from hydra import compose
 from omegaconf import DictConfig, OmegaConf
 
 from ldm.training import train
+from ldm.world.generator import VERSION as WORLD_VERSION
 
 log = logging.getLogger(__name__)
 STAGE_FILE = "stage.json"
@@ -49,10 +50,11 @@ def stage_output(cfg: DictConfig) -> Path | None:
 
 
 def fingerprint(cfg: DictConfig, upstream: Sequence[str]) -> str:
-    """sha256 of the resolved config (run folder masked) and the fingerprints of the stages before."""
+    """sha256 of the resolved config (run folder masked), the world's format version and the fingerprints of
+    the stages before."""
     masked = OmegaConf.to_container(cfg, resolve=False)
     masked["paths"]["output_dir"] = "<run>"
-    text = OmegaConf.to_yaml(OmegaConf.create(masked), resolve=True) + "\n".join(upstream)
+    text = OmegaConf.to_yaml(OmegaConf.create(masked), resolve=True) + "\n".join([f"world v{WORLD_VERSION}", *upstream])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

@@ -9,6 +9,7 @@ the tests can read labels from the Flickr8k caption files alone.
 
 from __future__ import annotations
 
+import random
 import re
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -16,6 +17,7 @@ from types import MappingProxyType
 from ldm.data.synthetic import COLOURS, POSITIONS, SHAPES
 
 ATTRIBUTES = ("shape", "colour", "position")
+CAPTIONS_PER_IMAGE = 5  # as in Flickr8k
 VALUES: dict[str, tuple[str, ...]] = {"shape": SHAPES, "colour": tuple(COLOURS), "position": tuple(POSITIONS)}
 
 
@@ -23,8 +25,10 @@ VALUES: dict[str, tuple[str, ...]] = {"shape": SHAPES, "colour": tuple(COLOURS),
 class Vocabulary:
     """Words for each attribute value and sentence templates with `{shape} {colour} {position}` slots.
 
-    `templates` has Flickr8k's five captions per image; `held_out` templates are never written to the
-    world's caption files, only used for evaluation prompts.
+    Each image gets Flickr8k's five captions from `CAPTIONS_PER_IMAGE` of the `templates`, drawn per image:
+    with only five fixed sentences a model learns where in the sentence a colour stands, and a held-out
+    sentence moves it. `held_out` templates are never written to the world's caption files, only used for
+    evaluation prompts.
     """
 
     name: str
@@ -37,9 +41,9 @@ class Vocabulary:
         text = template.format(**{a: self.words[a][attrs[a]] for a in ATTRIBUTES})
         return text[0].upper() + text[1:]
 
-    def captions(self, attrs: dict[str, str]) -> list[str]:
-        """The five training captions of a scene."""
-        return [self.caption(attrs, t) for t in self.templates]
+    def captions(self, attrs: dict[str, str], rng: random.Random) -> list[str]:
+        """The five training captions of a scene: distinct templates drawn with `rng`."""
+        return [self.caption(attrs, t) for t in rng.sample(self.templates, CAPTIONS_PER_IMAGE)]
 
     def parse(self, caption: str) -> dict[str, str] | None:
         """Attributes named in `caption`, or None when it does not name exactly one value of each."""
@@ -73,6 +77,13 @@ BASE = _vocabulary(
         "{position}, a {colour} {shape}",
         "a drawing of a {colour} {shape} {position}",
         "there is a {colour} {shape} {position}",
+        "an image of a {colour} {shape} {position}",
+        "the {colour} {shape} is {position}",
+        "a plain {colour} {shape} {position}",
+        "we see a {colour} {shape} {position}",
+        "{colour} {shape} {position}",
+        "a simple {colour} {shape} shown {position}",
+        "this shows a {colour} {shape} {position}",
     ),
     held_out=("a picture with a {colour} {shape} {position}",),
 )
@@ -103,6 +114,13 @@ NEW = _vocabulary(
         "one {colour} {shape} resting {position}",
         "sketch: {colour} {shape} {position}",
         "a lone {colour} {shape} lies {position}",
+        "behold a {colour} {shape} {position}",
+        "{colour} {shape}, placed {position}",
+        "the {colour} {shape} waits {position}",
+        "some {colour} {shape} drawn {position}",
+        "here a {colour} {shape} rests {position}",
+        "a single {colour} {shape} set {position}",
+        "look: a {colour} {shape} {position}",
     ),
     held_out=("{position} lies a {colour} {shape}",),
 )

@@ -1,0 +1,152 @@
+"""Quality of the fast sampling paths, judged on the offline shapes world (issue 5's quality check).
+
+python benchmarks/adherence.py                                  # base model, base prompts, 7.5 guidance
+python benchmarks/adherence.py --checkpoint outputs/DATE/TIME/checkpoints/last.ckpt --vocabulary new
+python benchmarks/adherence.py --set guidance_scale=3           # any sample.py override, every variant
+python benchmarks/adherence.py --smoke                          # a minute: a toy world, 3 steps a stage (CI)
+
+Why here and not in a unit test: the numbers need the trained shapes world (`make demo` builds it in
+.cache/shapes) and minutes of sampling. Every variant renders the same fixed held-out prompts with the same
+seeds through `sample.py`'s path (conf/sample.yaml + overrides, `load_for_inference`, `generate`), and the
+world's attribute judge scores shape, colour and position against the prompt:
+  pndm-50      diffusers' default sampler: PNDM, 50 steps, fp32 (the baseline of sample_cpu.py)
+  default      sample.py's defaults (DPM-Solver++ 15 steps, dtype auto)
+  default-fp32 the same in fp32                 deep-cache   default + deep_cache.interval=3
+  ddim-20      the sampler the demo's report uses
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import default_cache_dir, machine_line, table
+
+VARIANTS: dict[str, list[str]] = {  # variant -> sample.py overrides on top of its defaults
+    "pndm-50": ["scheduler=pndm", "steps=50", "dtype=fp32"],
+    "default": [],
+    "default-fp32": ["dtype=fp32"],
+    "deep-cache": ["deep_cache.interval=3"],
+    "ddim-20": ["scheduler=ddim", "steps=20"],
+}
+REPO = Path(__file__).resolve().parents[1]
+
+
+def compose_sample(model: str, checkpoint: str | None, overrides: list[str]) -> Any:
+    from hydra import compose, initialize_config_dir
+
+    from ldm.config import register_resolvers
+
+    register_resolvers()
+    extra = [f"checkpoint={checkpoint}"] if checkpoint else []
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose("sample", [f"model.pretrained={model}", *extra, *overrides])
+
+
+def judge_variant(
+    name: str, args: argparse.Namespace, judge: Any, prompts: list
+) -> tuple[dict[str, float], float, dict[str, Any]]:
+    """Adherence of one variant on `prompts` and its seconds per image."""
+    from ldm.sampling import load_for_inference
+    from ldm.world.adherence import SamplingPlan, render, score
+
+    cfg = compose_sample(args.model, args.checkpoint, [*VARIANTS[name], *args.set])
+    module = load_for_inference(cfg, base_override=True)
+    plan = SamplingPlan(cfg.steps, cfg.guidance_scale, cfg.scheduler, args.seed, args.batch_size)
+    start = time.perf_counter()
+    images = render(module, prompts, plan, desc=name)
+    seconds = (time.perf_counter() - start) / len(prompts)
+    return score(judge, images, prompts), seconds, {**images[0].info}
+
+
+def smoke_world(cache: Path) -> tuple[str, str]:
+    """A toy world (tests/test_world.py's sizes), each stage a few steps, via demo.py: it runs, it judges nothing."""
+    import subprocess
+
+    small = [
+        "data.generate.num_images=48", "data.world.val_images=8", "data.world.test_images=8", "data.batch_size=8",
+        "++trainer.max_steps=3", "++trainer.val_check_interval=3", "++trainer.check_val_every_n_epoch=null",
+    ]  # fmt: skip
+    command = [
+        sys.executable, "demo.py", f"paths.cache_dir={cache}", f"hydra.run.dir={cache}/adherence-smoke-run",
+        "stages=[shapes_vae,shapes_base,shapes_judge]", "overrides=[" + ",".join(f'"{o}"' for o in small) + "]",
+        'stage_overrides.shapes_judge=["callbacks.export.min_accuracy=0.0"]',
+    ]  # fmt: skip
+    subprocess.run(command, cwd=REPO, check=True, capture_output=True)
+    return str(cache / "shapes" / "base"), str(cache / "shapes" / "judge")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None, help="the shapes base folder (default: the demo's cache)")
+    parser.add_argument("--judge", default=None, help="the judge folder (default: the demo's cache)")
+    parser.add_argument("--checkpoint", default=None, help="a stage-3 checkpoint (default: the base model as is)")
+    parser.add_argument("--vocabulary", default="base", choices=["base", "new"])
+    parser.add_argument("--prompts", type=int, default=120, help="held-out prompts (120 = every combination once)")
+    parser.add_argument("--variants", nargs="+", default=["pndm-50", "default", "default-fp32", "deep-cache"])
+    parser.add_argument("--set", nargs="*", default=[], help="sample.py overrides for every variant")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=20, help="prompts per generate() call (one seed each)")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--smoke", action="store_true", help="a few-step world and 20 prompts: seconds")
+    args = parser.parse_args()
+    unknown = [v for v in args.variants if v not in VARIANTS]
+    if unknown:
+        parser.error(f"--variants {' '.join(unknown)}: expected some of {', '.join(VARIANTS)}")
+
+    import torch
+
+    from ldm.world.adherence import chance_levels, eval_prompts
+    from ldm.world.export import load_judge
+    from ldm.world.vocab import ATTRIBUTES
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    shapes = Path(default_cache_dir()) / "shapes"
+    if args.smoke:
+        args.model, args.judge = smoke_world(Path(default_cache_dir()) / "adherence-smoke")
+        args.prompts = min(args.prompts, 20)
+        args.set = [*args.set, "steps=4"]
+        VARIANTS["pndm-50"] = ["scheduler=pndm", "dtype=fp32"]
+    args.model = args.model or str(shapes / "base")
+    args.judge = args.judge or str(shapes / "judge")
+    for label, path in (("--model", Path(args.model) / "model_index.json"), ("--judge", Path(args.judge))):
+        if not path.exists():
+            sys.exit(f"error: {label}={path.parent if label == '--model' else path}: not found; run `make demo` first")
+
+    judge, judge_report = load_judge(args.judge)
+    prompts = eval_prompts(args.vocabulary, args.prompts, "held_out", args.seed, args.batch_size)
+    print(machine_line())
+    print(
+        f"model {args.model}, checkpoint {args.checkpoint or 'none'}; {len(prompts)} held-out {args.vocabulary} "
+        f"prompts, seed {args.seed} + i // {args.batch_size}; overrides for all: {' '.join(args.set) or 'none'}",
+        flush=True,
+    )
+    rows, baseline = [], None
+    for name in args.variants:
+        result, seconds, info = judge_variant(name, args, judge, prompts)
+        baseline = baseline or result
+        delta = 100 * (result["mean"] - baseline["mean"])
+        settings = f"{info['scheduler']} x{info['steps']}, {info['precision']}, deep cache {info['deep_cache']}"
+        scores = [f"{100 * result[a]:.1f}" for a in (*ATTRIBUTES, "mean")]
+        rows.append([name, settings, info["guidance_scale"], *scores, f"{delta:+.1f}", f"{seconds:.2f}"])
+        print(f"{name}: mean {100 * result['mean']:.1f}%", flush=True)
+    chance = chance_levels()
+    headers = ["variant", "sampler", "guidance", *(f"{a} %" for a in ATTRIBUTES), "mean %", "vs first", "s/image"]
+    print(table(headers, rows))
+    print(
+        "chance: "
+        + ", ".join(f"{a} {100 * chance[a]:.1f}%" for a in ATTRIBUTES)
+        + "; judge accuracy on renders: "
+        + ", ".join(f"{a} {100 * v:.1f}%" for a, v in judge_report["accuracy"]["renders"].items())
+    )
+
+
+if __name__ == "__main__":
+    main()
