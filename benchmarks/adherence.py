@@ -26,7 +26,7 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import default_cache_dir, machine_line, table
+from benchmarks.common import ROOT, compose_project_config, default_cache_dir, machine_line, table
 
 VARIANTS: dict[str, list[str]] = {  # variant -> sample.py overrides on top of its defaults
     "pndm-50": ["scheduler=pndm", "steps=50", "dtype=fp32"],
@@ -35,18 +35,11 @@ VARIANTS: dict[str, list[str]] = {  # variant -> sample.py overrides on top of i
     "deep-cache": ["deep_cache.interval=3"],
     "ddim-20": ["scheduler=ddim", "steps=20"],
 }
-REPO = Path(__file__).resolve().parents[1]
 
 
 def compose_sample(model: str, checkpoint: str | None, overrides: list[str]) -> Any:
-    from hydra import compose, initialize_config_dir
-
-    from ldm.config import register_resolvers
-
-    register_resolvers()
     extra = [f"checkpoint={checkpoint}"] if checkpoint else []
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose("sample", [f"model.pretrained={model}", *extra, *overrides])
+    return compose_project_config("sample", [f"model.pretrained={model}", *extra, *overrides])
 
 
 def judge_variant(
@@ -78,7 +71,7 @@ def smoke_world(cache: Path) -> tuple[str, str]:
         "stages=[shapes_vae,shapes_base,shapes_judge]", "overrides=[" + ",".join(f'"{o}"' for o in small) + "]",
         'stage_overrides.shapes_judge=["callbacks.export.min_accuracy=0.0"]',
     ]  # fmt: skip
-    subprocess.run(command, cwd=REPO, check=True, capture_output=True)
+    subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
     return str(cache / "shapes" / "base"), str(cache / "shapes" / "judge")
 
 

@@ -80,6 +80,17 @@ def ensure_random_sd15(path: str | os.PathLike) -> Path:
     return path
 
 
+def compose_project_config(name: str, overrides: Sequence[str]) -> Any:
+    """conf/<name>.yaml + overrides, composed as the entry point (train.py, sample.py) would."""
+    from hydra import compose, initialize_config_dir
+
+    from ldm.config import register_resolvers
+
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose(name, list(overrides))
+
+
 def default_cache_dir() -> Path:
     """The project's cache (`paths.cache_dir`: LDM_CACHE_DIR or `.cache` in the repository)."""
     return Path(os.environ.get("LDM_CACHE_DIR", ROOT / ".cache"))

@@ -41,6 +41,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import (
+    compose_project_config,
     count_flops,
     default_cache_dir,
     ensure_random_sd15,
@@ -136,16 +137,13 @@ def run_baseline(model: str, steps: int, max_steps: int | None, height: int, thr
 
 def run_ours(model: str, overrides: list[str], max_steps: int | None, threads: int | None, name: str) -> dict[str, Any]:
     """sample.py's path: compose conf/sample.yaml (+ overrides), load_for_inference, generate."""
-    from hydra import compose, initialize_config_dir
-
     from ldm import fast_sampling
-    from ldm.config import register_resolvers
     from ldm.sampling import SampleSettings, generate, load_for_inference
 
-    register_resolvers()
     extra = [f"threads={threads}"] if threads else []
-    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"):
-        cfg = compose("sample", [f"model.pretrained={model}", f"prompt={PROMPT}", "seed=0", *extra, *overrides])
+    cfg = compose_project_config(
+        "sample", [f"model.pretrained={model}", f"prompt={PROMPT}", "seed=0", *extra, *overrides]
+    )
     start = time.perf_counter()
     module = load_for_inference(cfg, base_override=True)
     if name == "chan-last":

@@ -33,7 +33,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import (
-    ROOT,
+    compose_project_config,
     default_cache_dir,
     ensure_random_sd15,
     machine_line,
@@ -87,12 +87,8 @@ def run_loop(
     loop: str, model: str, work: Path, resolution: int, batch: int, steps: int, precision: str, smoke: bool
 ) -> dict[str, Any]:
     """`train(cfg)` for `steps` optimizer steps with the latent cache off (naive) or on (ours)."""
-    from hydra import compose, initialize_config_dir
-
-    from ldm.config import register_resolvers
     from ldm.training import train
 
-    register_resolvers()
     images = (steps + 1) * batch + 4  # train split (~all but 2 for val/test) outlasts the run: no epoch end timed
     overrides = [
         *(["experiment=tiny"] if smoke else [f"model.pretrained={model}"]),
@@ -117,8 +113,7 @@ def run_loop(
         "callbacks.sample_images=null",
         "+callbacks.step_probe._target_=benchmarks.train_step.StepProbe",
     ]
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides)
+    cfg = compose_project_config("train", overrides)
     trainer, _ = train(cfg)
     probe = next(c for c in trainer.callbacks if type(c).__name__ == "StepProbe")  # also when run as __main__
     intervals = probe.step_times()

@@ -9,8 +9,6 @@ uses the real CLIP vocabulary (49,408 ids) with the offline tokenizer.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -18,6 +16,7 @@ from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNe
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from ldm.assets import CLIP_TOKENIZER_DIR
+from ldm.files import write_folder
 
 # SD1.5's own scheduler config (its `scheduler/scheduler_config.json`): note clip_sample=False.
 SD15_SCHEDULER = {
@@ -87,26 +86,11 @@ def tiny_pipeline(seed: int = 0) -> StableDiffusionPipeline:
     )
 
 
-def write_atomically(path: Path, save) -> Path:
-    """Write into a sibling temp folder, then rename: parallel runs never see half a model."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
-    try:
-        save(tmp)
-        os.replace(tmp, path)
-    except OSError:
-        if not path.exists():
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return path
-
-
 def ensure_tiny_pretrained(path: str | os.PathLike, seed: int = 0) -> str:
     """Return `path`, writing the tiny diffusers folder there first if it is not complete yet."""
     path = Path(path)
     if not (path / "model_index.json").is_file():
-        write_atomically(path, lambda tmp: tiny_pipeline(seed).save_pretrained(tmp))
+        write_folder(path, lambda tmp: tiny_pipeline(seed).save_pretrained(tmp), replace=False)
     return str(path)
 
 
@@ -119,5 +103,5 @@ def ensure_tiny_text_tower(path: str | os.PathLike, hidden_size: int = 16, seed:
             tiny_text_encoder(hidden_size, seed).save_pretrained(tmp)
             CLIPTokenizer.from_pretrained(CLIP_TOKENIZER_DIR).save_pretrained(tmp)
 
-        write_atomically(path, save)
+        write_folder(path, save, replace=False)
     return str(path)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ldm.tiny import write_atomically
+from ldm.files import write_folder
 from tests.helpers import run_train
 
 
@@ -61,7 +61,7 @@ def test_the_tiny_model_cache_is_safe_with_two_writers(tmp_path: Path) -> None:
 
     def writer() -> None:
         try:
-            write_atomically(target, save)
+            write_folder(target, save, replace=False)
         except Exception as error:
             errors.append(error)
 

@@ -31,7 +31,7 @@ from transformers import (
 )
 
 from ldm.assets import CLIP_TOKENIZER_DIR
-from ldm.tiny import write_atomically
+from ldm.files import write_folder
 
 
 class BackboneLoadError(RuntimeError):
@@ -150,7 +150,7 @@ def ensure_tiny_clip(path: str | os.PathLike, seed: int = 0) -> str:
             model.save_pretrained(tmp)
             processor.save_pretrained(tmp)
 
-        write_atomically(path, save)
+        write_folder(path, save, replace=False)
     return str(path)
 
 

@@ -15,8 +15,8 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 from safetensors.torch import load_file, save_file
 
+from ldm.files import write_folder
 from ldm.module import TextEncoderFineTuner
-from ldm.world.files import write_folder
 from ldm.world.judge import AttributeCNN, JudgeModule, accuracy, caption_labels, reconstruct
 from ldm.world.pipeline import save_pipeline
 from ldm.world.vae_module import VAEModule
@@ -39,7 +39,9 @@ class ExportVAE(L.Callback):
         pl_module.eval()
         std = pl_module.latent_std(trainer.datamodule.train_dataloader(), self.scale_batches)
         pl_module.vae.register_to_config(scaling_factor=1.0 / std)
-        write_folder(self.dirpath, lambda tmp: pl_module.vae.save_pretrained(tmp, safe_serialization=True))
+        write_folder(
+            self.dirpath, lambda tmp: pl_module.vae.save_pretrained(tmp, safe_serialization=True), replace=True
+        )
 
 
 class ExportPipeline(L.Callback):
@@ -119,7 +121,7 @@ class ExportJudge(L.Callback):
             save_file(pl_module.classifier.state_dict(), tmp / "model.safetensors")
             (tmp / JUDGE_REPORT).write_text(json.dumps(report, indent=2) + "\n")
 
-        write_folder(self.dirpath, save)
+        write_folder(self.dirpath, save, replace=True)
 
 
 def load_judge(path: str | Path) -> tuple[AttributeCNN, dict[str, Any]]:

@@ -22,7 +22,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ldm.data import layouts
-from ldm.world.files import write_folder
+from ldm.files import write_folder
 from ldm.world.scenes import Scene, sample_scenes
 from ldm.world.vocab import BASE, NEW
 
@@ -117,7 +117,7 @@ def write_world(
             _write_captions(tmp / vocabulary, layout, captions, splits)
         (tmp / MARKER).write_text(json.dumps(args, indent=2) + "\n")
 
-    return write_folder(root, save)
+    return write_folder(root, save, replace=True)
 
 
 def ensure_world(root: str | Path, **kwargs: Any) -> Path:

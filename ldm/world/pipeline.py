@@ -17,8 +17,8 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from ldm.assets import CLIP_TOKENIZER_DIR
 from ldm.config import ConfigError
+from ldm.files import write_folder
 from ldm.module import TextEncoderFineTuner
-from ldm.world.files import write_folder
 
 PIPELINE_PARTS = ("model_index.json", "vae", "unet", "text_encoder", "tokenizer", "scheduler")
 
@@ -45,7 +45,7 @@ def save_pipeline(path: str | os.PathLike, *, vae, unet, text_encoder, tokenizer
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    return write_folder(path, lambda tmp: pipe.save_pretrained(tmp, safe_serialization=True))
+    return write_folder(path, lambda tmp: pipe.save_pretrained(tmp, safe_serialization=True), replace=True)
 
 
 def write_init_pipeline(

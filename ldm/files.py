@@ -9,17 +9,24 @@ from collections.abc import Callable
 from pathlib import Path
 
 
-def write_folder(path: str | os.PathLike, save: Callable[[Path], object]) -> Path:
-    """`save(tmp)` into a sibling temp folder, then swap it in place of `path` (which may exist: a re-run)."""
+def write_folder(path: str | os.PathLike, save: Callable[[Path], object], *, replace: bool) -> Path:
+    """`save(tmp)` into a sibling temp folder, then rename it to `path`.
+
+    replace=True swaps out an existing `path` (a stage re-run); replace=False writes a folder that should
+    appear once, so when a parallel writer (another DDP rank) got there first its folder is kept.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
     old = path.with_name(f".{path.name}-old-{os.getpid()}")
     try:
         save(tmp)
-        if path.exists():
+        if replace and path.exists():
             os.replace(path, old)
         os.replace(tmp, path)
+    except OSError:
+        if replace or not path.exists():
+            raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
