@@ -15,8 +15,10 @@ import hydra
 from omegaconf import DictConfig
 
 from ldm.config import register_resolvers
-from ldm.sampling import USER_ERRORS, Limits, SampleSettings, base_chosen_on_command_line, load_for_inference
-from ldm.web import create_app
+from ldm.errors import UserError
+from ldm.generation.loading import base_chosen_on_command_line, load_for_inference
+from ldm.generation.settings import Limits, SampleSettings
+from ldm.serving.app import create_app
 
 register_resolvers()
 
@@ -26,7 +28,7 @@ def main(cfg: DictConfig) -> None:
     try:
         defaults = SampleSettings.from_config(cfg, prompts=(), num_images=1, batch_size=1)
         model = load_for_inference(cfg, base_override=base_chosen_on_command_line())
-    except USER_ERRORS as err:
+    except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     app = create_app(

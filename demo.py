@@ -20,8 +20,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from ldm.config import ConfigError, register_resolvers
-from ldm.world.export import JudgeNotGoodEnough
+from ldm.config import register_resolvers
+from ldm.errors import UserError
 from ldm.world.stages import run_all
 
 register_resolvers()
@@ -33,7 +33,7 @@ def main(cfg: DictConfig) -> None:
     overrides = [f"paths.cache_dir={cfg.paths.cache_dir}", f"paths.runs_dir={cfg.paths.runs_dir}", *cfg.overrides]
     try:
         results = run_all(list(cfg.stages), run_dir, overrides, cfg.stage_overrides)
-    except (ConfigError, JudgeNotGoodEnough) as error:
+    except UserError as error:
         sys.exit(f"error: {error}")
     print(f"\n{'stage':<14}{'status':<10}{'wall':>8}{'cpu':>8}  output")
     for r in results:

@@ -16,9 +16,10 @@ import hydra
 from omegaconf import DictConfig
 
 from ldm.config import register_resolvers
+from ldm.errors import UserError
 from ldm.evaluation.backbones import register_resolvers as register_backbone_resolvers
-from ldm.evaluation.run import USER_ERRORS, evaluate
-from ldm.sampling import base_chosen_on_command_line
+from ldm.evaluation.run import evaluate
+from ldm.generation.loading import base_chosen_on_command_line
 
 register_resolvers()
 register_backbone_resolvers()
@@ -28,7 +29,7 @@ register_backbone_resolvers()
 def main(cfg: DictConfig) -> None:
     try:
         report = evaluate(cfg, base_override=base_chosen_on_command_line())
-    except USER_ERRORS as err:
+    except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     print(f"\n{report['table']}")

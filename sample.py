@@ -16,17 +16,11 @@ import hydra
 from omegaconf import DictConfig
 
 from ldm.config import register_resolvers
-from ldm.sampling import (
-    USER_ERRORS,
-    Limits,
-    SampleSettings,
-    base_chosen_on_command_line,
-    generate,
-    load_for_inference,
-    read_prompts,
-    save_images,
-    validate_settings,
-)
+from ldm.errors import UserError
+from ldm.generation.loading import base_chosen_on_command_line, load_for_inference
+from ldm.generation.output import save_images
+from ldm.generation.pipeline import generate
+from ldm.generation.settings import Limits, SampleSettings, read_prompts, validate_settings
 
 register_resolvers()
 
@@ -38,7 +32,7 @@ def main(cfg: DictConfig) -> None:
         validate_settings(settings, Limits(**cfg.limits))  # before any model loads
         model = load_for_inference(cfg, base_override=base_chosen_on_command_line())
         images = generate(model, settings, checkpoint=cfg.checkpoint, progress=True)
-    except USER_ERRORS as err:
+    except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     for path in save_images(images, cfg.out_dir):

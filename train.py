@@ -16,12 +16,9 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from ldm.checkpoint_io import CheckpointLoadError
-from ldm.config import ConfigError, register_resolvers
-from ldm.faults import NonFiniteLossError
-from ldm.module import CheckpointMismatchError
-from ldm.training import train
-from ldm.world.export import JudgeNotGoodEnough
+from ldm.config import register_resolvers
+from ldm.errors import UserError
+from ldm.training.run import train
 
 register_resolvers()
 
@@ -31,7 +28,7 @@ def main(cfg: DictConfig) -> float | None:
     """Return val/loss so Hydra sweepers (e.g. Optuna) can optimise it."""
     try:
         trainer, _ = train(cfg)
-    except (ConfigError, CheckpointMismatchError, CheckpointLoadError, NonFiniteLossError, JudgeNotGoodEnough) as error:
+    except UserError as error:
         sys.exit(f"error: {error}")  # one line, no traceback: the message says what to change
     val_loss = trainer.callback_metrics.get("val/loss")
     return None if val_loss is None else float(val_loss)

@@ -46,7 +46,7 @@ def judge_variant(
     name: str, args: argparse.Namespace, judge: Any, prompts: list
 ) -> tuple[dict[str, float], float, dict[str, Any]]:
     """Adherence of one variant on `prompts` and its seconds per image."""
-    from ldm.sampling import load_for_inference
+    from ldm.generation.loading import load_for_inference
     from ldm.world.adherence import SamplingPlan, render, score
 
     cfg = compose_sample(args.model, args.checkpoint, [*VARIANTS[name], *args.set])

@@ -176,3 +176,26 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def write_results(name: str, report: str, data: Any, *, out_dir: str | os.PathLike | None = None) -> list[Path]:
+    """Write a benchmark's printed report to `<out_dir>/<name>.md` and its figures to `<name>.json`.
+
+    Why files: the docs link these files instead of copying tables by hand, so a figure lives in one place.
+    Both carry the machine, the exact command and the date (UTC), so a reader knows what the figures are of.
+    `out_dir` defaults to benchmarks/results/; smoke runs (tests) write elsewhere and never touch those.
+    """
+    out = Path(out_dir) if out_dir is not None else RESULTS_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    command = "python " + " ".join([os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]])
+    date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    machine = machine_line()
+    header = f"<!-- written by `{command}`; rerun it to refresh this file -->\n\n"
+    header += f"- command: `{command}`\n- date: {date}\n- machine: {machine}\n\n"
+    md, js = out / f"{name}.md", out / f"{name}.json"
+    md.write_text(header + report.rstrip() + "\n")
+    js.write_text(json.dumps({"command": command, "date": date, "machine": machine, "results": data}, indent=2) + "\n")
+    return [md, js]

@@ -137,8 +137,10 @@ def run_baseline(model: str, steps: int, max_steps: int | None, height: int, thr
 
 def run_ours(model: str, overrides: list[str], max_steps: int | None, threads: int | None, name: str) -> dict[str, Any]:
     """sample.py's path: compose conf/sample.yaml (+ overrides), load_for_inference, generate."""
-    from ldm import fast_sampling
-    from ldm.sampling import SampleSettings, generate, load_for_inference
+    from ldm.generation import fast as fast_sampling
+    from ldm.generation.loading import load_for_inference
+    from ldm.generation.pipeline import generate
+    from ldm.generation.settings import SampleSettings
 
     extra = [f"threads={threads}"] if threads else []
     cfg = compose_project_config(
@@ -233,7 +235,7 @@ def unet_flops(model: str, height: int, branch: int) -> dict[str, float]:
     """FLOPs of one CFG U-Net call (batch 2) in full and shallow (DeepCache) form, on meta tensors."""
     from diffusers import UNet2DConditionModel
 
-    from ldm.fast_sampling import DeepCache
+    from ldm.generation.fast import DeepCache
 
     config = UNet2DConditionModel.load_config(model, subfolder="unet")
     with torch.device("meta"):

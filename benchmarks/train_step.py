@@ -87,7 +87,7 @@ def run_loop(
     loop: str, model: str, work: Path, resolution: int, batch: int, steps: int, precision: str, smoke: bool
 ) -> dict[str, Any]:
     """`train(cfg)` for `steps` optimizer steps with the latent cache off (naive) or on (ours)."""
-    from ldm.training import train
+    from ldm.training.run import train
 
     images = (steps + 1) * batch + 4  # train split (~all but 2 for val/test) outlasts the run: no epoch end timed
     overrides = [
@@ -158,7 +158,8 @@ def main() -> None:
         print(json.dumps(result))
         return
 
-    from ldm.precision import cpu_has_native_bf16, resolve_precision
+    from ldm.hardware import cpu_has_native_bf16
+    from ldm.training.precision import resolve_precision
 
     default_precision = resolve_precision("16-mixed", "cpu")
     if args.smoke:

@@ -6,13 +6,29 @@ all go through `from_pretrained` here, so what tests exercise is the path users 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from ldm.errors import expect
+
 COMPONENT_NAMES = ("vae", "unet", "text_encoder", "tokenizer", "scheduler")
+TRAINABLE_CHOICES = ("text_encoder", "unet")  # what `model.trainable` may name
+
+
+def check_trainable(trainable: Iterable[str]) -> list[str]:
+    """`model.trainable` as a list, or a `ConfigError` naming the choices."""
+    names = list(trainable)
+    expect(
+        bool(names) and set(names) <= set(TRAINABLE_CHOICES),
+        "model.trainable",
+        names,
+        f"a non-empty subset of {list(TRAINABLE_CHOICES)}",
+    )
+    return names
 
 
 def _text_tower_kwargs(source: str) -> dict[str, Any]:

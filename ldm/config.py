@@ -10,23 +10,17 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from ldm.module import TRAINABLE_CHOICES
+from ldm.components import check_trainable
+from ldm.errors import ConfigError, expect
 from ldm.tiny import ensure_tiny_pretrained
 
-
-class ConfigError(ValueError):
-    """A config value that can't work; the message names the key and what was expected."""
+__all__ = ["ConfigError", "register_resolvers", "validate_train_config"]
 
 
 def register_resolvers() -> None:
     """`${tiny_pretrained:PATH}` writes the tiny random model at PATH once and returns PATH."""
     if not OmegaConf.has_resolver("tiny_pretrained"):
         OmegaConf.register_new_resolver("tiny_pretrained", ensure_tiny_pretrained)
-
-
-def _require(ok: bool, key: str, value: object, expected: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key}={value!r}: expected {expected}")
 
 
 def validate_train_config(cfg: DictConfig) -> None:
@@ -36,9 +30,9 @@ def validate_train_config(cfg: DictConfig) -> None:
     values when it is built.
     """
     lr = cfg.optimizer.get("lr")
-    _require(isinstance(lr, int | float) and lr > 0, "optimizer.lr", lr, "a number > 0")
+    expect(isinstance(lr, int | float) and lr > 0, "optimizer.lr", lr, "a number > 0")
     data = cfg.data
-    _require(
+    expect(
         isinstance(data.resolution, int) and data.resolution >= 8 and data.resolution % 8 == 0,
         "data.resolution",
         data.resolution,
@@ -46,23 +40,17 @@ def validate_train_config(cfg: DictConfig) -> None:
     )
     if data.layout != "hub" and not data.get("generate"):
         root = Path(data.root)
-        _require(root.is_dir(), "data.root", str(data.root), "an existing Flickr8k folder (see README: Data)")
+        expect(root.is_dir(), "data.root", str(data.root), "an existing Flickr8k folder (see README: Data)")
     trainer = cfg.trainer
-    _require(
+    expect(
         isinstance(trainer.accumulate_grad_batches, int) and trainer.accumulate_grad_batches >= 1,
         "trainer.accumulate_grad_batches",
         trainer.accumulate_grad_batches,
         "an integer ≥ 1",
     )
     clip = trainer.gradient_clip_val
-    _require(clip is None or clip > 0, "trainer.gradient_clip_val", clip, "null or a number > 0")
+    expect(clip is None or clip > 0, "trainer.gradient_clip_val", clip, "null or a number > 0")
     if "trainable" in cfg.model:  # the shapes world's VAE and judge modules (ldm/world) have no trainable set
-        trainable = list(cfg.model.trainable)
-        _require(
-            bool(trainable) and set(trainable) <= set(TRAINABLE_CHOICES),
-            "model.trainable",
-            trainable,
-            f"a non-empty subset of {list(TRAINABLE_CHOICES)}",
-        )
+        check_trainable(cfg.model.trainable)
     ckpt = cfg.get("ckpt_path")
-    _require(ckpt is None or Path(ckpt).is_file(), "ckpt_path", ckpt, "null or an existing .ckpt file")
+    expect(ckpt is None or Path(ckpt).is_file(), "ckpt_path", ckpt, "null or an existing .ckpt file")

@@ -68,7 +68,7 @@ def torch_threads(count: int) -> Iterator[None]:
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path:
     """One 1-epoch `experiment=tiny` run (≈5 s): its folder holds all three checkpoint forms for sampling tests."""
-    from ldm.training import train
+    from ldm.training.run import train
 
     out = tmp_path_factory.mktemp("tiny-run")
     train(compose_config("train", tiny_overrides(out, cache_dir, "trainer.max_epochs=1")))

@@ -16,9 +16,10 @@ import torch
 from PIL import Image
 from werkzeug.serving import make_server
 
-from ldm.checkpoints import build_model
-from ldm.sampling import Limits, SampleSettings, prepare_for_inference
-from ldm.web import QueueFull, RenderQueue, create_app
+from ldm.generation.checkpoints import build_model
+from ldm.generation.loading import prepare_for_inference
+from ldm.generation.settings import Limits, SampleSettings
+from ldm.serving.app import QueueFull, RenderQueue, create_app
 from tests.conftest import compose_config
 
 

@@ -9,10 +9,11 @@ import torch
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 
-from ldm.config import ConfigError, validate_train_config
-from ldm.data import write_captioned_images
+from ldm.config import validate_train_config
+from ldm.data.synthetic import write_captioned_images
+from ldm.errors import ConfigError
 from ldm.tiny import ensure_tiny_pretrained, ensure_tiny_text_tower
-from ldm.training import build_module, build_trainer
+from ldm.training.run import build_module, build_trainer
 from tests.conftest import CONF_DIR
 from tests.helpers import run_train
 
@@ -121,7 +122,7 @@ def test_default_config_is_the_sd15_flickr8k_run(compose_train) -> None:
     ],
 )
 def test_bad_values_stop_before_any_model_loads(override: str, key: str, compose_train, monkeypatch) -> None:
-    monkeypatch.setattr("ldm.module.load_components", lambda *a, **k: pytest.fail("a model was loaded"))
+    monkeypatch.setattr("ldm.training.module.load_components", lambda *a, **k: pytest.fail("a model was loaded"))
     with pytest.raises(ConfigError, match=rf"{key}=.*expected"):
         validate_train_config(compose_train(override))
 

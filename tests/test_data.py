@@ -16,9 +16,11 @@ from torch.utils.data import SequentialSampler
 from transformers import CLIPTokenizer
 
 from ldm.assets import CLIP_TOKENIZER_DIR
-from ldm.data import Flickr8kDataModule, layouts, write_captioned_images
+from ldm.data import layouts
+from ldm.data.datamodule import Flickr8kDataModule
 from ldm.data.images import ImageTransform
 from ldm.data.resumable import ResumableSampler
+from ldm.data.synthetic import write_captioned_images
 
 CONF_DATA = Path(__file__).resolve().parents[1] / "conf" / "data"
 SMALL = {"resolution": 32, "batch_size": 4, "num_workers": 0}  # on top of the YAML's defaults

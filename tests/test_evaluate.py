@@ -16,13 +16,15 @@ import pytest
 import torch
 from PIL import Image
 
-from ldm.checkpoints import build_model
-from ldm.config import ConfigError
+from ldm.errors import ConfigError
 from ldm.evaluation import metrics
 from ldm.evaluation.backbones import BackboneLoadError, check_backbone, register_resolvers
 from ldm.evaluation.report import run_folder
 from ldm.evaluation.run import base_model_config, evaluate, render, validate_eval_config
-from ldm.sampling import SampleSettings, generate, prepare_for_inference
+from ldm.generation.checkpoints import build_model
+from ldm.generation.loading import prepare_for_inference
+from ldm.generation.pipeline import generate
+from ldm.generation.settings import SampleSettings
 from tests.conftest import compose_config
 
 REPO = Path(__file__).resolve().parents[1]

@@ -11,11 +11,13 @@ import pytest
 import torch
 from diffusers import UNet2DConditionModel
 
-from ldm import fast_sampling
-from ldm.checkpoints import build_model
-from ldm.fast_sampling import DeepCache, FastSampling, FastSamplingError
-from ldm.precision import cpu_has_native_bf16
-from ldm.sampling import SampleSettings, generate, load_for_inference, prepare_for_inference
+from ldm.generation import fast as fast_sampling
+from ldm.generation.checkpoints import build_model
+from ldm.generation.fast import DeepCache, FastSampling, FastSamplingError
+from ldm.generation.loading import load_for_inference, prepare_for_inference
+from ldm.generation.pipeline import generate
+from ldm.generation.settings import SampleSettings
+from ldm.hardware import cpu_has_native_bf16
 from ldm.tiny import tiny_pipeline
 from tests.conftest import compose_config
 

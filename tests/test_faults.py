@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from ldm.checkpoint_io import AtomicCheckpointIO, CheckpointLoadError, atomic_torch_save, safe_torch_load
-from ldm.config import ConfigError
-from ldm.faults import NonFiniteLossError
-from ldm.module import TextEncoderFineTuner
-from ldm.resume import resolve_ckpt_path
-from ldm.training import train
+from ldm.errors import ConfigError
+from ldm.training.checkpoint_io import AtomicCheckpointIO, CheckpointLoadError, atomic_torch_save, safe_torch_load
+from ldm.training.faults import NonFiniteLossError
+from ldm.training.module import TextEncoderFineTuner
+from ldm.training.resume import resolve_ckpt_path
+from ldm.training.run import train
 from tests.helpers import run_train, start_train
 
 # --- kill -9 mid-epoch, then ckpt_path=last -------------------------------------------------------------
@@ -195,7 +195,7 @@ def test_readers_never_see_a_partial_checkpoint_while_it_is_rewritten(tmp_path: 
 
 
 def test_the_trainer_uses_the_atomic_plugin(compose_train) -> None:
-    from ldm.training import build_trainer
+    from ldm.training.run import build_trainer
 
     assert isinstance(build_trainer(compose_train()).strategy.checkpoint_io, AtomicCheckpointIO)
 
@@ -231,7 +231,7 @@ def test_a_malicious_pickle_is_refused_and_never_executed(evil_checkpoint, compo
         AtomicCheckpointIO().load_checkpoint(path)
     with pytest.raises(CheckpointLoadError, match=r"evil\.ckpt"):  # Lightning's own resume path (trainer.fit)
         train(compose_train(f"ckpt_path={path}", "trainer.max_epochs=1"))
-    from ldm.checkpoints import CheckpointError, read_checkpoint  # sample.py / app.py's loader of exports
+    from ldm.generation.checkpoints import CheckpointError, read_checkpoint  # sample.py / app.py's loader of exports
 
     with pytest.raises(CheckpointError):
         read_checkpoint(path)
@@ -298,7 +298,7 @@ def test_a_run_of_nonfinite_losses_stops_training(monkeypatch, compose_train) ->
 
 
 def test_max_nonfinite_steps_must_be_positive() -> None:
-    from ldm.faults import NonFiniteLossGuard
+    from ldm.training.faults import NonFiniteLossGuard
 
     with pytest.raises(ValueError, match=r"model.max_nonfinite_steps=0: expected an integer ≥ 1"):
         NonFiniteLossGuard(0)

@@ -14,11 +14,11 @@ from hydra.errors import InstantiationException
 from omegaconf import OmegaConf
 from PIL import Image
 
-from ldm.checkpoints import build_model
+from ldm.data.latent_cache import EntryKey, LatentCache, LatentCacheError, prepare, vae_fingerprint
 from ldm.data.resumable import SeededItems
 from ldm.data.synthetic import write_captioned_images
-from ldm.latent_cache import EntryKey, LatentCache, LatentCacheError, prepare, vae_fingerprint
-from ldm.training import train
+from ldm.generation.checkpoints import build_model
+from ldm.training.run import train
 from tests.conftest import compose_config, tiny_overrides
 from tests.helpers import run_train
 
@@ -217,7 +217,7 @@ class SaveProbe(L.Callback):
     def __init__(self, dirpath: str) -> None:
         self.dirpath = Path(dirpath)
 
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         save, rank, log = LatentCache.save, trainer.global_rank, self.dirpath / f"rank{trainer.global_rank}.txt"
         self.dirpath.mkdir(parents=True, exist_ok=True)
         log.write_text("")
@@ -227,7 +227,7 @@ class SaveProbe(L.Callback):
                 f.write(f"{rank} {key.image[:8]}\n")
             save(cache, key, moments)
 
-        LatentCache.save = recording_save  # this process only; runs before the module fills the cache
+        LatentCache.save = recording_save  # this process only; setup runs before CacheLatents fills the cache
 
 
 @pytest.mark.slow

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from ldm.precision import cpu_has_native_bf16, frozen_weight_dtype, resolve_precision
+from ldm.hardware import cpu_has_native_bf16
+from ldm.training.precision import frozen_weight_dtype, resolve_precision
 
 
 def test_16_mixed_on_cpu_without_bf16_falls_back_to_fp32() -> None:

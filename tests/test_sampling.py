@@ -14,20 +14,14 @@ import pytest
 import torch
 from PIL import Image
 
-from ldm.checkpoints import CheckpointError, ModelLoadError, build_model
-from ldm.module import CheckpointMismatchError
-from ldm.sampling import (
-    SCHEDULERS,
-    Limits,
-    SampleSettings,
-    SamplingError,
-    generate,
-    make_scheduler,
-    png_bytes,
-    prepare_for_inference,
-    save_images,
-    validate_settings,
-)
+from ldm.errors import SamplingError
+from ldm.generation.checkpoints import CheckpointError, ModelLoadError, build_model
+from ldm.generation.loading import prepare_for_inference
+from ldm.generation.output import png_bytes, save_images
+from ldm.generation.pipeline import generate
+from ldm.generation.schedulers import SCHEDULERS, make_scheduler
+from ldm.generation.settings import Limits, SampleSettings, validate_settings
+from ldm.training.module import CheckpointMismatchError
 from tests.conftest import compose_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -137,7 +131,7 @@ def test_bad_settings_are_clear_errors(cfg, changes: dict, message: str) -> None
 
 
 def test_a_prompt_over_77_tokens_warns_how_many_were_cut(model, cfg, caplog) -> None:
-    with caplog.at_level(logging.WARNING, logger="ldm.sampling"):
+    with caplog.at_level(logging.WARNING, logger="ldm.generation.pipeline"):
         generate(model, settings(cfg, "dog " * 100, steps=1))
     assert "is 102 tokens but CLIP reads 77: the last 25 tokens were cut" in caplog.text
 

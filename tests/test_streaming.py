@@ -13,7 +13,7 @@ from transformers import CLIPTokenizer
 
 from ldm.assets import CLIP_TOKENIZER_DIR
 from ldm.data.hub import HubStream
-from ldm.training import train
+from ldm.training.run import train
 from tests.helpers import write_hub_parquet
 
 pytest.importorskip("datasets")

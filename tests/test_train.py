@@ -11,8 +11,8 @@ from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from transformers import CLIPTextModel
 
-from ldm.module import CheckpointMismatchError, TextEncoderFineTuner, check_checkpoint_fits
-from ldm.training import build_module, train
+from ldm.training.module import CheckpointMismatchError, TextEncoderFineTuner, check_checkpoint_fits
+from ldm.training.run import build_module, train
 from tests.conftest import compose_config, tiny_overrides
 
 
@@ -190,8 +190,8 @@ def test_learning_check_stops_a_run_whose_weights_do_not_move(compose_train) -> 
 
 
 def test_16_mixed_on_cpu_is_resolved_with_one_warning(compose_train) -> None:
-    from ldm.precision import cpu_has_native_bf16
-    from ldm.training import build_trainer
+    from ldm.hardware import cpu_has_native_bf16
+    from ldm.training.run import build_trainer
 
     cfg = compose_train()
     assert cfg.trainer.precision == "16-mixed"

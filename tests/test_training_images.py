@@ -10,10 +10,11 @@ import torch
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from ldm.callbacks import SampleImages
-from ldm.checkpoints import build_model
-from ldm.sampling import SamplingError, generate
-from ldm.training import train
+from ldm.errors import SamplingError
+from ldm.generation.checkpoints import build_model
+from ldm.generation.pipeline import generate
+from ldm.training.callbacks import SampleImages
+from ldm.training.run import train
 from tests.conftest import compose_config
 
 
@@ -26,7 +27,7 @@ def default_entry() -> dict:
 
 def test_on_in_the_default_config_with_few_steps_and_off_for_tiny(compose_train) -> None:
     default = compose_config("train", []).callbacks.sample_images
-    assert default._target_ == "ldm.callbacks.SampleImages" and default.steps <= 20
+    assert default._target_ == "ldm.training.callbacks.SampleImages" and default.steps <= 20
     assert compose_train().callbacks.sample_images is None
 
 

@@ -16,8 +16,8 @@ from omegaconf import OmegaConf
 from transformers import CLIPTokenizer
 
 from ldm.assets import CLIP_TOKENIZER_DIR
-from ldm.data import Flickr8kDataModule
-from ldm.training import build_module
+from ldm.data.datamodule import Flickr8kDataModule
+from ldm.training.run import build_module
 from ldm.world.export import JudgeNotGoodEnough
 from ldm.world.generator import VOCABULARY_ROOTS, write_world
 from ldm.world.judge import jitter_colours

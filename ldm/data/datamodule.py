@@ -28,8 +28,8 @@ class Flickr8kDataModule(L.LightningDataModule):
     "captions": list[str]}. Splits: train (shuffled, augmented, random caption), val and test (fixed).
 
     cache_latents: batches carry "latent_moments" (B, 2C, R/8, R/8) instead of pixels, read from a disk
-    cache under `latent_cache_dir` that the module fills with its own frozen VAE when fit/validate/test
-    starts (`ldm.latent_cache`). Needs a centre crop and an indexable split (not a stream).
+    cache under `latent_cache_dir` that the `CacheLatents` callback fills with the module's own frozen VAE
+    when fit/validate/test starts (`ldm.data.latent_cache`). Needs a centre crop and an indexable split (not a stream).
 
     layout: original | kaggle | hub, or auto (detects original/kaggle from the files in `root`).
     generate: None, or write_captioned_images() arguments: `prepare_data` then writes a generated set
@@ -103,6 +103,7 @@ class Flickr8kDataModule(L.LightningDataModule):
             self.splits[split] = CaptionDataset(
                 source, transform, train=train, caption_dropout=hp.caption_dropout if train else 0.0
             )
+            self.splits[split].needs_latents = self.cache_latents
         if "train" in needed and len(self.splits["train"]) == 0:
             raise ValueError(f"Flickr8k train split at {self.hub.name if self.hub else self.root} has no usable images")
 

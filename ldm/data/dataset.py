@@ -10,12 +10,11 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ldm.data.images import ImageTransform
+from ldm.data.images import DECODE_ERRORS, ImageTransform
+from ldm.data.latent_cache import LatentCacheError, LatentLookup, file_digest
 from ldm.data.layouts import Sample
-from ldm.latent_cache import LatentLookup, file_digest
 
 # What a bad image can raise while decoding; anything else is a bug and should surface.
-DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
 class Source(Protocol):
@@ -50,7 +49,7 @@ class FileSource:
 
 class CaptionDataset(Dataset):
     """One item per image: {"pixel_values": (3, R, R) in [-1, 1], "caption": str}, or with cached latents
-    (`latents` set by `ldm.latent_cache.prepare`) {"latent_moments": (2C, R/8, R/8), "caption": str}.
+    (`latents` set by `ldm.data.latent_cache.prepare`) {"latent_moments": (2C, R/8, R/8), "caption": str}.
 
     train: a random caption of the image on every read (so epochs differ) and caption dropout to ""
     (so classifier-free guidance keeps an unconditional branch); otherwise always the first caption.
@@ -65,6 +64,7 @@ class CaptionDataset(Dataset):
         self.train = train
         self.caption_dropout = caption_dropout
         self.latents: LatentLookup | None = None
+        self.needs_latents = False  # set by a DataModule with cache_latents: pixels would then be a silent miss
 
     def __len__(self) -> int:
         return len(self.source)
@@ -86,6 +86,11 @@ class CaptionDataset(Dataset):
         return torch.from_numpy(np.ascontiguousarray(pixels.numpy()[:, :, ::-1])) if flip else pixels
 
     def __getitem__(self, index: int) -> dict:
+        if self.needs_latents and self.latents is None:
+            raise LatentCacheError(
+                "data.cache_latents=true but no latents were attached to this split: the trainer needs the "
+                "callbacks.latent_cache callback (ldm.training.callbacks.CacheLatents), which fills the cache"
+            )
         n = len(self.source)
         for i in ((index + k) % n for k in range(n)):
             if self.latents is not None:

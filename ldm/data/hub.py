@@ -14,8 +14,8 @@ from typing import Any
 from PIL import Image
 from torch.utils.data import IterableDataset
 
-from ldm.data.dataset import DECODE_ERRORS, CaptionDataset
-from ldm.data.images import ImageTransform
+from ldm.data.dataset import CaptionDataset
+from ldm.data.images import DECODE_ERRORS, ImageTransform
 
 
 @dataclass(frozen=True)

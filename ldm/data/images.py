@@ -6,6 +6,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+# What a broken or unreadable image file raises when it is opened or decoded.
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
 # The JPEG end-of-image marker: a truncated file lacks it, and PIL's header-only checks cannot tell.
 _JPEG_EOI = b"\xff\xd9"
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from PIL import Image
 
-from ldm.config import ConfigError
+from ldm.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -31,10 +31,11 @@ from transformers import (
 )
 
 from ldm.assets import CLIP_TOKENIZER_DIR
+from ldm.errors import UserError
 from ldm.files import write_folder
 
 
-class BackboneLoadError(RuntimeError):
+class BackboneLoadError(UserError, RuntimeError):
     """A CLIP backbone (hub id or folder) that could not be loaded."""
 
 

@@ -14,10 +14,10 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from ldm.config import ConfigError
 from ldm.data.dataset import CaptionDataset, Source
 from ldm.data.images import ImageTransform
-from ldm.training import instantiate_or_explain
+from ldm.errors import ConfigError
+from ldm.training.run import instantiate_or_explain
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ldm.errors import UserError
 from ldm.evaluation.backbones import ClipAdapter, ClipImageFeatures
 
 INCEPTION_MODES = ("auto", "on", "off")
@@ -22,7 +23,7 @@ INCEPTION_WEIGHTS = "pt_inception-2015-12-05-6726825d.pth"
 METRIC_BATCH = 16  # images per CLIP / Inception forward
 
 
-class MetricUnavailableError(RuntimeError):
+class MetricUnavailableError(UserError, RuntimeError):
     """A metric the config requires (`fid.inception=on`) can't run here; the message says why."""
 
 

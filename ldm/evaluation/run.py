@@ -1,7 +1,7 @@
 """`evaluate(cfg)`: the fine-tuned text encoder against the base model's own, on held-out captions.
 
 Both variants render the same prompts with the same seeds (prompt i: seed + i) through
-`ldm.sampling.generate`, one model in memory at a time; the metrics then run on the images, one CLIP
+`ldm.generation.pipeline.generate`, one model in memory at a time; the metrics then run on the images, one CLIP
 backbone in memory at a time.
 """
 
@@ -19,75 +19,58 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ldm import sampling
-from ldm.checkpoints import build_model
-from ldm.config import ConfigError
 from ldm.data.layouts import SPLITS
+from ldm.errors import expect, is_int
 from ldm.evaluation import metrics
 from ldm.evaluation.adherence import Judge, adherence, load_judge
-from ldm.evaluation.backbones import BackboneLoadError, check_backbone, load_backbone
+from ldm.evaluation.backbones import check_backbone, load_backbone
 from ldm.evaluation.held_out import HeldOut, load_held_out, pil_to_uint8
 from ldm.evaluation.report import format_table, run_folder, side_by_side, write_json
-from ldm.module import TextEncoderFineTuner
-from ldm.sampling import (
-    Limits,
-    SampleSettings,
-    encode_prompts,
-    generate,
-    prepare_for_inference,
-    resolve_device,
-    set_threads,
-    validate_settings,
-)
+from ldm.generation.checkpoints import build_model
+from ldm.generation.loading import prepare_for_inference, resolve_device, set_threads
+from ldm.generation.pipeline import encode_prompts, generate
+from ldm.generation.settings import Limits, SampleSettings, validate_settings
+from ldm.training.module import TextEncoderFineTuner
 
-# what a user can get wrong: evaluate.py prints these as one line, without a traceback
-USER_ERRORS = (*sampling.USER_ERRORS, BackboneLoadError, metrics.MetricUnavailableError)
 EMBED_BATCH = 16
 
 
-def _require(ok: bool, key: str, value: Any, expected: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key}={value!r}: expected {expected}")
-
-
 def _is_int(value: Any, minimum: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+    return is_int(value) and value >= minimum
 
 
 def validate_eval_config(cfg: DictConfig) -> None:
     """The evaluation's own keys (sampling keys are checked by `validate_settings`), before any model loads."""
     forms = "a .ckpt, final_model/final_weights.pt or final_model/ written by train.py"
-    _require(cfg.checkpoint is not None, "checkpoint", None, f"the checkpoint to evaluate: {forms}")
-    _require(Path(cfg.checkpoint).exists(), "checkpoint", cfg.checkpoint, f"an existing file or folder: {forms}")
-    _require(_is_int(cfg.seed, 0), "seed", cfg.seed, "an integer ≥ 0 (fixed seeds: prompt i uses seed + i)")
+    expect(cfg.checkpoint is not None, "checkpoint", None, f"the checkpoint to evaluate: {forms}")
+    expect(Path(cfg.checkpoint).exists(), "checkpoint", cfg.checkpoint, f"an existing file or folder: {forms}")
+    expect(_is_int(cfg.seed, 0), "seed", cfg.seed, "an integer ≥ 0 (fixed seeds: prompt i uses seed + i)")
     p = cfg.prompts
-    _require(p.split in SPLITS, "prompts.split", p.split, f"one of {', '.join(SPLITS)}")
-    _require(
-        _is_int(p.count, 2), "prompts.count", p.count, "an integer ≥ 2 (a Fréchet distance needs 2 images per set)"
-    )
-    _require(_is_int(p.caption, 0), "prompts.caption", p.caption, "an integer ≥ 0 (which of an image's captions)")
+    expect(p.split in SPLITS, "prompts.split", p.split, f"one of {', '.join(SPLITS)}")
+    expect(_is_int(p.count, 2), "prompts.count", p.count, "an integer ≥ 2 (a Fréchet distance needs 2 images per set)")
+    expect(_is_int(p.caption, 0), "prompts.caption", p.caption, "an integer ≥ 0 (which of an image's captions)")
     f = cfg.fid
-    _require(
+    expect(
         f.inception in metrics.INCEPTION_MODES,
         "fid.inception",
         f.inception,
         f"one of {', '.join(metrics.INCEPTION_MODES)}",
     )
-    _require(
+    expect(
         f.real_images is None or _is_int(f.real_images, 2),
         "fid.real_images",
         f.real_images,
         "null (all) or an integer ≥ 2",
     )
-    _require(isinstance(f.clip, bool), "fid.clip", f.clip, "true or false")
+    expect(isinstance(f.clip, bool), "fid.clip", f.clip, "true or false")
     backbones = cfg.backbones
-    _require(
+    expect(
         bool(backbones) and all(isinstance(v, str) and v for v in backbones.values()),
         "backbones",
         OmegaConf.to_container(backbones) if backbones is not None else None,
         "a mapping name -> CLIP hub id or folder (at least one)",
     )
-    _require(_is_int(cfg.grid_prompts, 0), "grid_prompts", cfg.grid_prompts, "an integer ≥ 0")
+    expect(_is_int(cfg.grid_prompts, 0), "grid_prompts", cfg.grid_prompts, "an integer ≥ 0")
 
 
 def base_model_config(model_cfg: DictConfig, pretrained: str, revision: str | None) -> DictConfig:

@@ -1,6 +1,6 @@
 """Adherence: does a generated image show the shape, colour and position its prompt names?
 
-Generation goes through `ldm.sampling.generate` (the path of sample.py and the app); the judge is the
+Generation goes through `ldm.generation.pipeline.generate` (the path of sample.py and the app); the judge is the
 attribute classifier of `ldm.world.judge`, accepted only after its accuracy check.
 """
 
@@ -14,8 +14,9 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ldm.module import TextEncoderFineTuner
-from ldm.sampling import SampleSettings, generate
+from ldm.generation.pipeline import generate
+from ldm.generation.settings import SampleSettings
+from ldm.training.module import TextEncoderFineTuner
 from ldm.world.judge import AttributeCNN
 from ldm.world.scenes import all_combinations
 from ldm.world.vocab import ATTRIBUTES, VALUES, VOCABULARIES

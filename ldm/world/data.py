@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ldm.data import Flickr8kDataModule
+from ldm.data.datamodule import Flickr8kDataModule
 from ldm.world.generator import VOCABULARY_ROOTS, ensure_world
 
 

@@ -15,8 +15,9 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 from safetensors.torch import load_file, save_file
 
+from ldm.errors import UserError
 from ldm.files import write_folder
-from ldm.module import TextEncoderFineTuner
+from ldm.training.module import TextEncoderFineTuner
 from ldm.world.judge import AttributeCNN, JudgeModule, accuracy, caption_labels, reconstruct
 from ldm.world.pipeline import save_pipeline
 from ldm.world.vae_module import VAEModule
@@ -66,7 +67,7 @@ class ExportPipeline(L.Callback):
         )
 
 
-class JudgeNotGoodEnough(RuntimeError):
+class JudgeNotGoodEnough(UserError, RuntimeError):
     """The classifier missed the accuracy a judge needs; adherence would measure the judge, not the model."""
 
 

@@ -12,25 +12,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from ldm.assets import CLIP_TOKENIZER_DIR
-from ldm.config import ConfigError
+from ldm.errors import ConfigError
 from ldm.files import write_folder
-from ldm.module import TextEncoderFineTuner
+from ldm.generation.schedulers import make_scheduler
+from ldm.training.module import TextEncoderFineTuner
 
 PIPELINE_PARTS = ("model_index.json", "vae", "unet", "text_encoder", "tokenizer", "scheduler")
 
 
 def is_pipeline_folder(path: str | os.PathLike) -> bool:
     return all((Path(path) / part).exists() for part in PIPELINE_PARTS)
-
-
-def sampling_scheduler(config: Mapping[str, Any]) -> DDIMScheduler:
-    """The folder's scheduler: DDIM with clip_sample=False (DDIM's default True turns SD-style latents,
-    which are not in [-1, 1], into blobs: DESIGN.md)."""
-    return DDIMScheduler.from_config(dict(config), clip_sample=False)
 
 
 def save_pipeline(path: str | os.PathLike, *, vae, unet, text_encoder, tokenizer, scheduler) -> Path:
@@ -40,7 +35,7 @@ def save_pipeline(path: str | os.PathLike, *, vae, unet, text_encoder, tokenizer
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         unet=unet,
-        scheduler=sampling_scheduler(scheduler.config),
+        scheduler=make_scheduler("ddim", scheduler.config),  # what the folder samples with
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
@@ -85,7 +80,7 @@ def write_init_pipeline(
         unet=unet_model,
         text_encoder=text_model,
         tokenizer=CLIPTokenizer.from_pretrained(CLIP_TOKENIZER_DIR, model_max_length=max_length),
-        scheduler=DDIMScheduler.from_config(dict(scheduler)),
+        scheduler=make_scheduler("ddim", scheduler),
     )
     return str(path)
 

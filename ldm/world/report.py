@@ -17,8 +17,8 @@ import lightning.pytorch as L
 from lightning.pytorch.utilities import rank_zero_only
 from PIL import Image, ImageDraw
 
-from ldm.module import TextEncoderFineTuner
-from ldm.sampling import make_grid
+from ldm.generation.output import make_grid
+from ldm.training.module import TextEncoderFineTuner
 from ldm.world.adherence import Prompt, SamplingPlan, chance_levels, eval_prompts, render, score
 from ldm.world.export import load_judge
 from ldm.world.vocab import ATTRIBUTES, VOCABULARIES

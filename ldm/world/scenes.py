@@ -10,7 +10,6 @@ import itertools
 import random
 from dataclasses import dataclass
 
-import numpy as np
 from PIL import Image
 
 from ldm.data.synthetic import COLOURS, POSITIONS, draw_shape
@@ -60,8 +59,3 @@ def sample_scenes(count: int, seed: int, *, radius: float, jitter: float, balanc
         attrs = combos[i % len(combos)] if balanced else {a: rng.choice(VALUES[a]) for a in ATTRIBUTES}
         scenes.append(make_scene(attrs, rng, radius, jitter))
     return scenes
-
-
-def render_batch(scenes: list[Scene], size: int) -> np.ndarray:
-    """(N, size, size, 3) uint8 renders."""
-    return np.stack([np.asarray(s.render(size)) for s in scenes])

@@ -19,7 +19,7 @@ from pathlib import Path
 from hydra import compose
 from omegaconf import DictConfig, OmegaConf
 
-from ldm.training import train
+from ldm.training.run import train
 from ldm.world.generator import VERSION as WORLD_VERSION
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ def cpu_seconds() -> float:
 def stage_output(cfg: DictConfig) -> Path | None:
     """The folder a cached stage exports to (its `callbacks.export.dirpath`), None for the mission."""
     export = cfg.get("callbacks", {}).get("export")
-    if export is None or str(export.get("_target_", "")).startswith("ldm.callbacks."):
+    if export is None or str(export.get("_target_", "")).startswith("ldm.training.callbacks."):
         return None  # the mission's export goes into its own run folder: never cached
     return Path(export.dirpath)
 

@@ -19,8 +19,9 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from transformers import CLIPTextModel
 
-from ldm.checkpoint_io import CheckpointLoadError, safe_torch_load
-from ldm.module import TextEncoderFineTuner, check_checkpoint_fits
+from ldm.errors import UserError
+from ldm.training.checkpoint_io import CheckpointLoadError, safe_torch_load
+from ldm.training.module import TextEncoderFineTuner, check_checkpoint_fits
 
 ACCEPTED_FORMS = (
     "a Lightning .ckpt written by train.py (e.g. outputs/DATE/TIME/checkpoints/last.ckpt), "
@@ -32,11 +33,11 @@ PROJECTION = "text_projection"
 Form = Literal["lightning", "weights", "export"]
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint path that is missing, unreadable or of no form this project writes."""
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(UserError, RuntimeError):
     """The base model (or a separate text tower) could not be loaded or built."""
 
 

@@ -1,6 +1,6 @@
 """Faster CPU sampling without extra weights: bf16 autocast where the CPU has a bf16 unit, and DeepCache.
 
-Why these two: a CFG U-Net call already runs near the machine's matmul roof in fp32 (DESIGN.md), so speed
+Why these two: a CFG U-Net call already runs near the machine's matmul roof in fp32 (docs/design.md), so speed
 comes from cheaper arithmetic or less work. bf16 matmuls run about 2.5x faster than fp32 on CPUs with
 AVX512-BF16/AMX (and 20-150x slower on CPUs without, so `auto` picks fp32 there). DeepCache (Ma et al.,
 2023) is training-free: the deep U-Net features change little between neighbouring steps, so a full call
@@ -8,8 +8,8 @@ every `interval` calls keeps the feature entering the last up block's shallow la
 between run only the shallow layers at full resolution and reuse it. `interval=1` runs every call in full,
 so the images are the plain path's.
 
-The options are installed on a model by `ldm.sampling.load_for_inference` (sample.py and the app) and
-applied around each pipeline call by `ldm.sampling.generate`; a model without them samples the plain way.
+The options are installed on a model by `ldm.generation.loading.load_for_inference` (sample.py and the app) and
+applied around each pipeline call by `ldm.generation.pipeline.generate`; a model without them samples the plain way.
 """
 
 from __future__ import annotations
@@ -24,13 +24,14 @@ import torch
 from diffusers import UNet2DConditionModel
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 
-from ldm.precision import cpu_has_native_bf16
+from ldm.errors import UserError
+from ldm.hardware import cpu_has_native_bf16
 
 DTYPES = ("auto", "fp32", "bf16")
 _ATTRIBUTE = "_ldm_fast_sampling"
 
 
-class FastSamplingError(ValueError):
+class FastSamplingError(UserError):
     """A `dtype` / `deep_cache` setting that can't work; the message names the key."""
 
 

@@ -10,8 +10,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from ldm.config import validate_train_config
-from ldm.precision import resolve_precision
-from ldm.resume import resolve_ckpt_path
+from ldm.training.precision import resolve_precision
+from ldm.training.resume import resolve_ckpt_path
 
 log = logging.getLogger(__name__)
 

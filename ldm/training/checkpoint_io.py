@@ -20,12 +20,14 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from ldm.errors import UserError
+
 # What torch.load raises for a truncated, empty, foreign or tampered file (never code execution with
 # weights_only=True: a disallowed global is refused by the unpickler with an UnpicklingError).
 LOAD_ERRORS = (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError, AttributeError, KeyError)
 
 
-class CheckpointLoadError(ValueError):
+class CheckpointLoadError(UserError):
     """A checkpoint or weights file that can't be read safely; the message names the file and the reason."""
 
 

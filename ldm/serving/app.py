@@ -18,8 +18,11 @@ from typing import Any
 from flask import Flask, Response, jsonify, render_template, request
 from PIL import Image
 
-from ldm.module import TextEncoderFineTuner
-from ldm.sampling import Limits, SampleSettings, SamplingError, generate, png_bytes, validate_settings
+from ldm.errors import SamplingError
+from ldm.generation.output import png_bytes
+from ldm.generation.pipeline import generate
+from ldm.generation.settings import Limits, SampleSettings, validate_settings
+from ldm.training.module import TextEncoderFineTuner
 
 INT_FIELDS = ("steps", "seed", "height", "width")
 FLOAT_FIELDS = ("guidance_scale",)

@@ -17,16 +17,15 @@ import torch.nn.functional as F
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from torch import nn
 
-from ldm import latent_cache
-from ldm.components import load_components
-from ldm.faults import NonFiniteLossGuard
-from ldm.precision import frozen_weight_dtype
+from ldm.components import check_trainable, load_components
+from ldm.errors import UserError
+from ldm.training.faults import NonFiniteLossGuard
+from ldm.training.precision import frozen_weight_dtype
 
-TRAINABLE_CHOICES = ("text_encoder", "unet")
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(UserError):
     """A checkpoint was made for another base model or another trainable set."""
 
 
@@ -59,10 +58,7 @@ class TextEncoderFineTuner(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
-        trainable = list(trainable)
-        bad = sorted(set(trainable) - set(TRAINABLE_CHOICES))
-        if bad or not trainable:
-            raise ValueError(f"model.trainable={trainable}: expected a non-empty subset of {TRAINABLE_CHOICES}")
+        trainable = check_trainable(trainable)
         if prediction_type is not None and prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"model.prediction_type={prediction_type!r}: expected null or one of {PREDICTION_TYPES}")
         self.optimizer_factory = optimizer
@@ -125,17 +121,6 @@ class TextEncoderFineTuner(L.LightningModule):
         for name in self.frozen_names:
             getattr(self, name).to(dtype=dtype)
 
-    # --- cached latents (data.cache_latents): filled by this module's own VAE, on its device ------------
-    def on_fit_start(self) -> None:
-        latent_cache.prepare(self.trainer, self.vae, "fit")
-
-    def on_validation_start(self) -> None:
-        if self.trainer.state.fn == "validate":  # inside fit, on_fit_start has prepared val already
-            latent_cache.prepare(self.trainer, self.vae, "validate")
-
-    def on_test_start(self) -> None:
-        latent_cache.prepare(self.trainer, self.vae, "test")
-
     # --- the shared step ----------------------------------------------------------------------------
     def encode_text(self, input_ids: torch.Tensor) -> torch.Tensor:
         """(B, 77) token ids -> (B, 77, cross_attention_dim) U-Net conditioning."""
@@ -148,7 +133,7 @@ class TextEncoderFineTuner(L.LightningModule):
         """Noise-prediction loss; `generator` fixes latents, noise and timesteps (validation).
 
         The batch holds pixels, or with `data.cache_latents` the moments the frozen VAE gave each image
-        (`ldm.latent_cache`): either way a fresh latent is drawn from the same posterior.
+        (`ldm.data.latent_cache`): either way a fresh latent is drawn from the same posterior.
         """
         with torch.no_grad():
             if "latent_moments" in batch:  # (B, 2C, H/8, W/8)

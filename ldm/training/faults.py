@@ -12,8 +12,10 @@ from typing import Protocol
 
 import torch
 
+from ldm.errors import UserError
 
-class NonFiniteLossError(RuntimeError):
+
+class NonFiniteLossError(UserError, RuntimeError):
     """Too many consecutive training steps had a NaN/inf loss."""
 
 

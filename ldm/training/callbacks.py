@@ -1,4 +1,4 @@
-"""Lightning callbacks of this project: the learning check, the final export and sample images.
+"""Lightning callbacks of this project: the learning check, the final export, sample images, cached latents.
 
 Why a learning check: a known silent failure in peer trainers is a text encoder that never actually
 trains (no grads reach it, or its weights are excluded from the optimizer) while the loss still moves.
@@ -17,9 +17,30 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from ldm.checkpoint_io import atomic_torch_save
-from ldm.module import TextEncoderFineTuner
-from ldm.sampling import SampleSettings, generate, make_grid, validate_settings
+from ldm.data import latent_cache
+from ldm.generation.output import make_grid
+from ldm.generation.pipeline import generate
+from ldm.generation.settings import SampleSettings, validate_settings
+from ldm.training.checkpoint_io import atomic_torch_save
+from ldm.training.module import TextEncoderFineTuner
+
+
+class CacheLatents(L.Callback):
+    """Fill the DataModule's latent cache (`data.cache_latents=true`) with the module's own frozen VAE.
+
+    Why a callback: the cache belongs to neither the data (it needs the model's VAE on its device) nor the
+    model (it is about batches); it runs when fit, validate or test starts and does nothing otherwise.
+    """
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        latent_cache.prepare(trainer, pl_module.vae, "fit")
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn == "validate":  # inside fit, on_fit_start has prepared val already
+            latent_cache.prepare(trainer, pl_module.vae, "validate")
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        latent_cache.prepare(trainer, pl_module.vae, "test")
 
 
 class LearningCheck(L.Callback):
@@ -102,8 +123,9 @@ class SampleImages(L.Callback):
     """Every `every_n_epochs` epochs and at the end, render fixed prompts with fixed seeds and log a grid.
 
     Why: a text-encoder fine-tune moves the loss very little; the same prompts and noise rendered epoch after
-    epoch show whether the prompts start to matter. It renders the live module through `ldm.sampling.generate`
-    (no fp16 cast of the trainable weights, train mode restored) and logs to TensorBoard.
+    epoch show whether the prompts start to matter. It renders the live module through
+    `ldm.generation.pipeline.generate` (no fp16 cast of the trainable weights, train mode restored) and logs
+    to TensorBoard.
     """
 
     def __init__(

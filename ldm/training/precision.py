@@ -1,28 +1,17 @@
 """Pick a training precision that actually runs fast on the machine at hand.
 
 Why: Lightning silently turns `16-mixed` on a CPU into `bf16-mixed`, and on a CPU without a bf16 unit
-(no AVX512-BF16, no AMX) bf16 ran 20-150x slower than fp32 here (see DESIGN.md). So the GPU default
+(no AVX512-BF16, no AMX) bf16 is emulated and ran 20-150x slower than fp32 (docs/design.md). So the GPU default
 `16-mixed` resolves to `32-true` on such a CPU, with one warning that says why.
 """
 
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import torch
 
-_BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
-
-
-def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
-    """True when the CPU advertises a bf16 unit (AVX512-BF16 or AMX-BF16)."""
-    try:
-        text = cpuinfo.read_text()
-    except OSError:
-        return False
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    return any(flag in flags for flag in _BF16_CPU_FLAGS)
+from ldm.hardware import cpu_has_native_bf16
 
 
 def will_run_on_cpu(accelerator: str) -> bool:

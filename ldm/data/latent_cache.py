@@ -1,7 +1,7 @@
 """A disk cache of VAE latents for training (`data.cache_latents=true`): each image is encoded once.
 
 Why: the VAE is frozen, so encoding the same image every epoch repeats the same work (about 1,117 GFLOP
-per image at 512 px, two thirds of a CFG U-Net call; DESIGN.md). The cache stores the posterior's
+per image at 512 px, two thirds of a CFG U-Net call; docs/design.md). The cache stores the posterior's
 moments (mean and log-variance, `(2C, R/8, R/8)` fp32), not one sample, so each step still draws a fresh
 latent exactly as the uncached path does.
 
@@ -12,9 +12,9 @@ a version of the pixel pipeline. Entries are safetensors files written atomicall
 fields and a SHA-256 of its tensor, checked on every read, so a truncated, corrupt or misplaced entry is
 rebuilt, never trusted. A changed image, base or resolution is a different key: a miss.
 
-When: `TextEncoderFineTuner.on_fit_start` (and `on_test_start`, `on_validation_start` for `validate`)
-calls `prepare`, once the module is on its device with its final dtype, so the encoding is done by the
-very VAE being trained with. Under DDP only global rank 0 encodes and writes; the others wait at a
+When: the `CacheLatents` callback (`callbacks.latent_cache`, ldm/training/callbacks.py) calls `prepare`
+when fit, validate or test starts, once the module is on its device with its final dtype, so the encoding
+is done by the very VAE being trained with. Under DDP only global rank 0 encodes and writes; the others wait at a
 barrier and then read (on several machines, `data.latent_cache_dir` must be on a filesystem they share).
 """
 
@@ -33,6 +33,8 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
+
+from ldm.data.images import DECODE_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -185,8 +187,6 @@ def _fill_split(
     split: str,
 ) -> list[dict[bool, EntryKey] | None]:
     """Keys of every item; the missing, stale or corrupt ones are encoded (batched) and written."""
-    from ldm.data.dataset import DECODE_ERRORS  # the data package imports this module
-
     flips = tuple(flips)
     keys: list[dict[bool, EntryKey] | None] = []
     todo: list[tuple[EntryKey, int, bool]] = []

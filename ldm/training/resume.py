@@ -12,7 +12,7 @@ from typing import Any
 import lightning.pytorch as L
 import torch
 
-from ldm.config import ConfigError
+from ldm.errors import ConfigError
 from ldm.seeds import global_seed, step_seed
 
 LAST = "last"

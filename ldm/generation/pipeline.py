@@ -1,0 +1,137 @@
+"""Prompts to PIL images with diffusers' `StableDiffusionPipeline`: the one path for sample.py, the app,
+evaluate.py and the training callback.
+
+Why the prompt goes through the module, not the pipeline: `TextEncoderFineTuner.encode_text` is the exact
+conditioning that training optimises (a text projection included), so the pipeline gets `prompt_embeds`
+and its own text-encoder slot stays empty. That also keeps the live module's fp32 text-encoder output
+from meeting an fp16 U-Net while a GPU run trains (the pipeline would cast embeddings to the text
+encoder's dtype). No safety checker: it returns black images for false positives.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+from diffusers import StableDiffusionPipeline
+from PIL import Image
+
+from ldm.generation import fast
+from ldm.generation.schedulers import make_scheduler
+from ldm.generation.settings import MAX_SEED, SampleSettings, validate_settings
+from ldm.training.module import TextEncoderFineTuner
+
+log = logging.getLogger(__name__)
+DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+def build_pipeline(model: TextEncoderFineTuner, scheduler: str) -> StableDiffusionPipeline:
+    """Assemble the pipeline from the module's own components (no copies, no dtype or mode changes)."""
+    return StableDiffusionPipeline(
+        vae=model.vae,
+        text_encoder=None,  # prompts are encoded by model.encode_text (see the module docstring)
+        tokenizer=model.tokenizer,
+        unet=model.unet,
+        scheduler=make_scheduler(scheduler, model.noise_scheduler.config),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def native_size(model: TextEncoderFineTuner) -> int:
+    """The image size the U-Net was built for: sample_size latents x the VAE's down-sampling."""
+    return model.unet.config.sample_size * 2 ** (len(model.vae.config.block_out_channels) - 1)
+
+
+def warn_if_truncated(tokenizer: Any, texts: Iterable[str]) -> None:
+    """CLIP reads 77 tokens (start and end included); say how many of a longer prompt are dropped."""
+    limit = tokenizer.model_max_length
+    for text in dict.fromkeys(texts):
+        count = len(tokenizer(text, truncation=False, verbose=False).input_ids)
+        if count > limit:
+            short = text if len(text) <= 60 else text[:57] + "..."
+            log.warning(
+                "prompt %r is %d tokens but CLIP reads %d: the last %d tokens were cut",
+                short,
+                count,
+                limit,
+                count - limit,
+            )
+
+
+@torch.no_grad()
+def encode_prompts(model: TextEncoderFineTuner, texts: Sequence[str]) -> torch.Tensor:
+    """(B,) prompts -> (B, 77, cross_attention_dim) U-Net conditioning, in the U-Net's dtype."""
+    tokenizer = model.tokenizer
+    ids = tokenizer(
+        list(texts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids  # (B, 77)
+    device = next(model.text_encoder.parameters()).device
+    return model.encode_text(ids.to(device)).to(model.unet.dtype)
+
+
+def generate(
+    model: TextEncoderFineTuner,
+    settings: SampleSettings,
+    *,
+    checkpoint: str | None = None,
+    progress: bool = False,
+    on_step: Callable[..., dict] | None = None,
+) -> list[Image.Image]:
+    """Render `num_images` per prompt (seeds seed, seed+1, ...); each image's `.info` holds its metadata.
+
+    The module's train/eval mode is restored afterwards, so the training callback can call this on the
+    live module. Noise comes from per-image CPU generators: the same seed gives the same image whatever
+    the batch size or device. The options `load_for_inference` installed (bf16 autocast, DeepCache) apply
+    to each pipeline call. `on_step` is diffusers' `callback_on_step_end(pipe, step, timestep, kwargs)`.
+    """
+    validate_settings(settings)
+    warn_if_truncated(model.tokenizer, (*settings.prompts, settings.negative_prompt))
+    seed = random.SystemRandom().randint(0, MAX_SEED) if settings.seed is None else settings.seed
+    height, width = settings.height or native_size(model), settings.width or native_size(model)
+    jobs = [(prompt, seed + i) for prompt in settings.prompts for i in range(settings.num_images)]
+    options = fast.installed(model)
+    base_info = {
+        "negative_prompt": settings.negative_prompt,
+        "steps": settings.steps,
+        "scheduler": settings.scheduler,
+        "guidance_scale": settings.guidance_scale,
+        "height": height,
+        "width": width,
+        "checkpoint": checkpoint or "none",
+        "model": model.hparams.get("pretrained", ""),
+        "precision": "bf16-autocast" if options and options.autocast_bf16 else DTYPE_NAMES[model.unet.dtype],
+        "deep_cache": options.deep_cache if options else "off",
+    }
+    was_training = model.training
+    model.eval()
+    try:
+        pipe = build_pipeline(model, settings.scheduler)
+        pipe.set_progress_bar_config(disable=not progress)
+        negative = encode_prompts(model, [settings.negative_prompt])  # (1, 77, D)
+        images: list[Image.Image] = []
+        for start in range(0, len(jobs), settings.batch_size):
+            batch = jobs[start : start + settings.batch_size]
+            with options.active(model.unet) if options else nullcontext():
+                output = pipe(
+                    prompt_embeds=encode_prompts(model, [prompt for prompt, _ in batch]),  # (B, 77, D)
+                    negative_prompt_embeds=negative.expand(len(batch), -1, -1),
+                    height=height,
+                    width=width,
+                    num_inference_steps=settings.steps,
+                    guidance_scale=settings.guidance_scale,
+                    generator=[torch.Generator("cpu").manual_seed(s) for _, s in batch],
+                    output_type="pil",
+                    callback_on_step_end=on_step,
+                )
+            for (prompt, image_seed), image in zip(batch, output.images, strict=True):
+                image.info.update({**base_info, "prompt": prompt, "seed": image_seed})
+                images.append(image)
+    finally:
+        model.train(was_training)
+    return images

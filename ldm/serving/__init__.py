@@ -1,0 +1,1 @@
+"""Serving: the Flask app and its render queue (templates/ holds the page)."""
