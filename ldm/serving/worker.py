@@ -51,7 +51,7 @@ class RenderQueue:
         self._waiting: deque[Job] = deque()
         self._jobs: dict[str, Job] = {}
         self._running: Job | None = None
-        self._rates: deque[float] = deque(maxlen=20)  # seconds per step per megapixel-call, recent jobs
+        self._rate: float | None = None  # seconds per step per 512 px U-Net call, of the last job (speed now)
         self._render: Render | None = None
         self._preview: LatentPreview | None = None
         self._native = 512
@@ -136,7 +136,7 @@ class RenderQueue:
                 "queue_length": len(self._waiting),
                 "queue_size": self.size,
                 "running_job": None if running is None else {"id": running.id, "step": running.step, "steps": running.steps},
-                "seconds_per_step_512": None if not self._rates else round(statistics.median(self._rates), 3),
+                "seconds_per_step_512": None if self._rate is None else round(self._rate, 3),
             }
 
     # --- inside the lock --------------------------------------------------------------------------------
@@ -146,9 +146,9 @@ class RenderQueue:
         return pixels / 512**2 * (2 if settings.guidance_scale > 1 else 1)
 
     def _estimate(self, settings: SampleSettings) -> float | None:
-        if not self._rates:
+        if self._rate is None:
             return None
-        return statistics.median(self._rates) * self._units(settings) * settings.steps
+        return self._rate * self._units(settings) * settings.steps
 
     def _refresh(self) -> None:
         """Positions and time left of every live job."""
@@ -211,7 +211,7 @@ class RenderQueue:
             self._render(replace(settings, steps=2), on_step)
         except Cancelled:
             with self._lock:
-                self._rates.append((times[1] - times[0]) / self._units(settings))
+                self._rate = (times[1] - times[0]) / self._units(settings)
         except Exception:
             log.exception("calibration render failed; estimates start after the first job")
 
@@ -251,7 +251,7 @@ class RenderQueue:
                 state, error = CANCELLED, None
             job.state, job.image, job.error, job.finished, job.eta_s = state, image, error, time.monotonic(), None
             if len(job.step_times) >= 2:
-                self._rates.append(statistics.median(job.step_times[1:]) / self._units(job.settings))
+                self._rate = statistics.median(job.step_times[1:]) / self._units(job.settings)
             self._running = None
             self._refresh()
             job.record("state")
