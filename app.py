@@ -10,15 +10,15 @@ curl -s -o out.png -X POST localhost:5000/generate -H 'Content-Type: application
 """
 
 import sys
+from functools import partial
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from ldm.config import register_resolvers
 from ldm.errors import UserError
 from ldm.generation.loading import base_chosen_on_command_line, load_for_inference
-from ldm.generation.settings import Limits, SampleSettings
-from ldm.serving.app import create_app
+from ldm.serving.app import app_from_config
 from ldm.serving.server import check_server, serve
 
 register_resolvers()
@@ -28,24 +28,10 @@ register_resolvers()
 def main(cfg: DictConfig) -> None:
     try:
         check_server(cfg.server, cfg.server_threads)
-        defaults = SampleSettings.from_config(cfg, prompts=(), num_images=1, batch_size=1)
-        limits = OmegaConf.to_container(cfg.limits)
-        max_seconds = limits.pop("max_seconds")
-        app = create_app(
-            None,
-            defaults,
-            Limits(**limits),
-            queue_size=cfg.queue_size,
-            retry_after=cfg.retry_after,
-            checkpoint=cfg.checkpoint,
-            max_seconds=max_seconds,
-            preview_every=cfg.preview_every,
-            keep_s=cfg.jobs.keep_s,
-            keep_count=cfg.jobs.keep_count,
-            max_request_bytes=cfg.max_request_bytes,
-        )
-        load = lambda: app.extensions["ldm_attach"](load_for_inference(cfg, base_override=base_chosen_on_command_line()))  # noqa: E731
-        serve(app, cfg.host, cfg.port, cfg.server, cfg.server_threads, load)
+        app = app_from_config(cfg)  # no model yet: the server listens while it loads
+        attach = app.extensions["ldm_attach"]
+        load = partial(load_for_inference, cfg, base_override=base_chosen_on_command_line())
+        serve(app, cfg.host, cfg.port, cfg.server, cfg.server_threads, lambda: attach(load()))
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -22,7 +22,7 @@ from ldm.generation.loading import base_chosen_on_command_line, load_for_inferen
 from ldm.generation.output import save_images
 from ldm.generation.pipeline import generate
 from ldm.generation.preview import latent_preview_for
-from ldm.generation.progress import RunProgress, step_callback
+from ldm.generation.progress import RunProgress, check_preview_every, step_callback
 from ldm.generation.settings import Limits, SampleSettings, read_prompts, validate_settings
 
 register_resolvers()
@@ -33,10 +33,13 @@ def main(cfg: DictConfig) -> None:
     try:
         settings = SampleSettings.from_config(cfg, read_prompts(cfg.prompt, cfg.prompts_file))
         validate_settings(settings, Limits(**cfg.limits))  # before any model loads
+        check_preview_every(cfg.preview_every)
         model = load_for_inference(cfg, base_override=base_chosen_on_command_line())
         preview = latent_preview_for(model) if cfg.preview_every else None
         count = len(settings.prompts) * settings.num_images
-        watch = RunProgress(count, settings.batch_size, preview=preview, preview_every=cfg.preview_every, out_dir=cfg.out_dir)
+        watch = RunProgress(
+            count, settings.batch_size, preview=preview, preview_every=cfg.preview_every, out_dir=cfg.out_dir
+        )
         images = generate(model, settings, checkpoint=cfg.checkpoint, on_step=step_callback(watch))
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)

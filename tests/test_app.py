@@ -20,14 +20,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 from PIL import Image
 
 from ldm.generation.checkpoints import build_model
 from ldm.generation.loading import prepare_for_inference
 from ldm.generation.output import METADATA_KEYS
-from ldm.generation.settings import Limits, SampleSettings
-from ldm.serving.app import create_app
+from ldm.serving.app import app_from_config
 from ldm.serving.server import make_waitress
 from tests.conftest import compose_config
 
@@ -59,10 +57,7 @@ def model(app_cfg):
 
 
 def make_app(model, cfg, **changes):
-    limits = OmegaConf.to_container(cfg.limits)
-    settings = {"queue_size": cfg.queue_size, "retry_after": cfg.retry_after, "max_seconds": limits.pop("max_seconds")}
-    defaults = SampleSettings.from_config(cfg, prompts=(), num_images=1, batch_size=1)
-    return create_app(model, defaults, Limits(**limits), **{**settings, **changes})
+    return app_from_config(cfg, model, **changes)
 
 
 class Live:
@@ -101,7 +96,9 @@ def slow(hook) -> Iterator[StepHook]:
 def fetch(url: str, payload: dict | None = None, method: str | None = None, headers: dict | None = None):
     """(status, headers, body) of a request (a JSON POST when `payload` is given); errors included."""
     data = None if payload is None else json.dumps(payload).encode()
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json", **(headers or {})})
+    req = urllib.request.Request(
+        url, data=data, method=method, headers={"Content-Type": "application/json", **(headers or {})}
+    )
     try:
         with urllib.request.urlopen(req, timeout=120) as response:
             return response.status, dict(response.headers), response.read()
@@ -129,13 +126,23 @@ def wait_for(predicate, timeout: float = 60, every: float = 0.02):
 
 
 def final(live: Live, job_id: str) -> dict:
-    return wait_for(lambda: (j := get_json(f"{live.url}/jobs/{job_id}"))["state"] in ("done", "failed", "cancelled") and j)
+    return wait_for(
+        lambda: (j := get_json(f"{live.url}/jobs/{job_id}"))["state"] in ("done", "failed", "cancelled") and j
+    )
 
 
 # --- the page and the sync route -------------------------------------------------------------------------
 def test_index_has_the_form_progress_preview_cancel_and_history(live: Live) -> None:
     page = fetch(live.url)[2].decode()
-    for element in ('id="prompt"', 'id="steps"', 'id="seed"', 'id="bar"', 'id="preview"', 'id="cancel"', 'id="history"'):
+    for element in (
+        'id="prompt"',
+        'id="steps"',
+        'id="seed"',
+        'id="bar"',
+        'id="preview"',
+        'id="cancel"',
+        'id="history"',
+    ):
         assert element in page
     assert ">Generate</button>" in page and 'max="50"' in page and "EventSource" in page
 
@@ -300,7 +307,9 @@ def test_healthz_tells_the_truth(model, app_cfg, hook, slow) -> None:
         assert status == 503 and health["model_loaded"] is False and health["status"] == "loading"
         server.app.extensions["ldm_attach"](model)
         job_id = submit(server, steps=20)
-        running = wait_for(lambda: (h := get_json(f"{server.url}/healthz"))["running_job"] and h["running_job"]["step"] and h)
+        running = wait_for(
+            lambda: (h := get_json(f"{server.url}/healthz"))["running_job"] and h["running_job"]["step"] and h
+        )
         assert running["model_loaded"] is True and running["status"] == "ok"
         assert running["running_job"]["id"] == job_id and 1 <= running["running_job"]["step"] <= 20
         other = submit(server, steps=2)

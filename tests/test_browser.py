@@ -13,12 +13,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from ldm.generation.checkpoints import build_model
 from ldm.generation.loading import prepare_for_inference
-from ldm.generation.settings import Limits, SampleSettings
-from ldm.serving.app import create_app
+from ldm.serving.app import app_from_config
 from ldm.serving.server import make_waitress
 from tests.conftest import compose_config
 
@@ -53,12 +51,7 @@ def app_url(cache_dir: Path) -> Iterator[str]:
     cfg = compose_config("app", ["model=tiny", f"paths.cache_dir={cache_dir}"])
     model = build_model(cfg.model)
     prepare_for_inference(model, torch.device("cpu"), "off")
-    limits = OmegaConf.to_container(cfg.limits)
-    limits.pop("max_seconds")
-    defaults = SampleSettings.from_config(cfg, prompts=(), num_images=1, batch_size=1)
-    app = create_app(
-        model, defaults, Limits(**limits), queue_size=4, retry_after=30, step_hook=lambda job: time.sleep(0.15)
-    )
+    app = app_from_config(cfg, model, step_hook=lambda job: time.sleep(0.15))
     server = make_waitress(app, "127.0.0.1", 0, threads=8)
     threading.Thread(target=server.run, daemon=True).start()
     yield f"http://127.0.0.1:{server.effective_port}"

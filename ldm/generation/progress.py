@@ -15,6 +15,7 @@ from typing import Any, TextIO
 
 import torch
 
+from ldm.errors import SamplingError, expect, is_int
 from ldm.generation.preview import LatentPreview
 
 # (step done, 1-based; steps of this call; latents (B, C, h, w)) -> None; may raise to stop the render
@@ -29,6 +30,11 @@ def step_callback(on_step: OnStep) -> Callable[..., dict]:
         return {}
 
     return callback
+
+
+def check_preview_every(value: object) -> None:
+    """`preview_every`: 0 (no previews) or every N steps."""
+    expect(is_int(value) and value >= 0, "preview_every", value, "0 (none) or an integer N ≥ 1", SamplingError)
 
 
 def clock(seconds: float) -> str:

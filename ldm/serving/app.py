@@ -13,8 +13,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 
 from flask import Flask, Response, jsonify, render_template, request
+from omegaconf import DictConfig, OmegaConf
 
-from ldm.errors import SamplingError
+from ldm.errors import ConfigError, SamplingError, expect, is_int
 from ldm.generation.pipeline import generate, native_size
 from ldm.generation.preview import latent_preview_for
 from ldm.generation.progress import OnStep, step_callback
@@ -30,6 +31,33 @@ log = logging.getLogger(__name__)
 
 class UnknownJob(Exception):
     """An id the app does not know (never given, or forgotten after `jobs.keep_s`)."""
+
+
+def app_from_config(cfg: DictConfig, model: TextEncoderFineTuner | None = None, **overrides: object) -> Flask:
+    """The app conf/app.yaml describes (`overrides`: a test's hooks and bounds), its values checked first."""
+    limits = OmegaConf.to_container(cfg.limits, resolve=True)
+    max_seconds = limits.pop("max_seconds", None)
+    counts = {"queue_size": 1, "preview_every": 0, "jobs.keep_count": 0, "max_request_bytes": 1}  # key: minimum
+    for key, low in counts.items():
+        value = OmegaConf.select(cfg, key)
+        expect(is_int(value) and value >= low, key, value, f"an integer ≥ {low}", ConfigError)
+    expect(
+        isinstance(cfg.jobs.keep_s, int | float) and cfg.jobs.keep_s >= 0, "jobs.keep_s", cfg.jobs.keep_s, "seconds ≥ 0"
+    )
+    ok = max_seconds is None or (isinstance(max_seconds, int | float) and max_seconds > 0)
+    expect(ok, "limits.max_seconds", max_seconds, "null (no bound) or seconds > 0")
+    options = {
+        "queue_size": cfg.queue_size,
+        "retry_after": cfg.retry_after,
+        "checkpoint": cfg.checkpoint,
+        "max_seconds": max_seconds,
+        "preview_every": cfg.preview_every,
+        "keep_s": cfg.jobs.keep_s,
+        "keep_count": cfg.jobs.keep_count,
+        "max_request_bytes": cfg.max_request_bytes,
+    }
+    defaults = SampleSettings.from_config(cfg, prompts=(), num_images=1, batch_size=1)
+    return create_app(model, defaults, Limits(**limits), **{**options, **overrides})
 
 
 def create_app(
@@ -53,7 +81,9 @@ def create_app(
     app = Flask(__name__)
     app.json.ensure_ascii = False  # reasons such as "steps=0: expected an integer ≥ 1" stay readable
     install_protections(app, max_request_bytes)
-    jobs = RenderQueue(queue_size, keep_s=keep_s, keep_count=keep_count, preview_every=preview_every, step_hook=step_hook)
+    jobs = RenderQueue(
+        queue_size, keep_s=keep_s, keep_count=keep_count, preview_every=preview_every, step_hook=step_hook
+    )
     app.extensions["ldm_queue"] = jobs
     loaded: dict[str, TextEncoderFineTuner] = {}
 

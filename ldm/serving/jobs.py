@@ -18,7 +18,7 @@ QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed"
 FINAL = (DONE, FAILED, CANCELLED)
 
 
-class Cancelled(Exception):  # noqa: N818 - a request, not a failure
+class Cancelled(Exception):
     """Raised from the step callback to stop a render at once (see worker.py for why not only the flag)."""
 
 

@@ -31,7 +31,12 @@ def make_waitress(app: Flask, host: str, port: int, threads: int) -> Any:
 
 def check_server(server: str, threads: int) -> None:
     expect(server in SERVERS, "server", server, f"one of {', '.join(SERVERS)}", ConfigError)
-    expect(is_int(threads) and threads >= 2, "server_threads", threads, "an integer ≥ 2 (each open progress stream holds one)")
+    expect(
+        is_int(threads) and threads >= 2,
+        "server_threads",
+        threads,
+        "an integer ≥ 2 (each open progress stream holds one)",
+    )
 
 
 def serve(app: Flask, host: str, port: int, server: str, threads: int, load: Callable[[], None]) -> None:

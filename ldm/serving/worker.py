@@ -135,7 +135,9 @@ class RenderQueue:
                 "worker_alive": self._thread is not None and self._thread.is_alive(),
                 "queue_length": len(self._waiting),
                 "queue_size": self.size,
-                "running_job": None if running is None else {"id": running.id, "step": running.step, "steps": running.steps},
+                "running_job": None
+                if running is None
+                else {"id": running.id, "step": running.step, "steps": running.steps},
                 "seconds_per_step_512": None if self._rate is None else round(self._rate, 3),
             }
 
@@ -245,7 +247,10 @@ class RenderQueue:
         except Exception as err:  # the worker lives on: the job fails, the log keeps the traceback
             error_id = secrets.token_hex(4)
             log.exception("render of job %s failed (error id %s)", job.id, error_id)
-            state, error = FAILED, f"render failed: {type(err).__name__} (error id {error_id}; the server log has the traceback)"
+            state, error = (
+                FAILED,
+                f"render failed: {type(err).__name__} (error id {error_id}; the server log has the traceback)",
+            )
         with self._lock:
             if state == FAILED and job.cancel_requested:  # e.g. an engine that dislikes being stopped
                 state, error = CANCELLED, None
