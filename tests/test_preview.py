@@ -84,3 +84,12 @@ def test_run_progress_is_one_line_for_the_run_and_writes_previews(model, tmp_pat
 
 def test_clock() -> None:
     assert clock(83) == "1:23" and clock(3725) == "1:02:05" and clock(0.4) == "0:00"
+
+
+def test_a_bad_preview_every_is_a_clear_error() -> None:
+    from ldm.errors import SamplingError
+    from ldm.generation.progress import check_preview_every
+
+    check_preview_every(0)
+    with pytest.raises(SamplingError, match=r"preview_every=-1: expected 0 \(none\) or an integer N ≥ 1"):
+        check_preview_every(-1)
