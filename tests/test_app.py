@@ -338,7 +338,7 @@ def test_cost_bound_and_time_estimates_come_from_measured_steps(model, app_cfg, 
         server.close()
 
 
-def test_finished_jobs_are_forgotten_beyond_keep_count(model, app_cfg) -> None:
+def test_finished_jobs_are_forgotten_beyond_keep_count_and_keep_s(model, app_cfg) -> None:
     server = Live(make_app(model, app_cfg, keep_count=2, calibrate=False))
     try:
         ids = [submit(server, steps=1) for _ in range(3)]
@@ -346,6 +346,14 @@ def test_finished_jobs_are_forgotten_beyond_keep_count(model, app_cfg) -> None:
             final(server, job_id)
         assert submit(server, steps=1)  # a submit prunes
         assert fetch(f"{server.url}/jobs/{ids[0]}")[0] == 404 and fetch(f"{server.url}/jobs/{ids[2]}")[0] == 200
+    finally:
+        server.close()
+    server = Live(make_app(model, app_cfg, keep_s=0.5, calibrate=False))
+    try:
+        job_id = submit(server, steps=1)
+        final(server, job_id)
+        time.sleep(0.6)
+        assert fetch(f"{server.url}/jobs/{job_id}")[0] == 404
     finally:
         server.close()
 
