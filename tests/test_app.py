@@ -242,7 +242,7 @@ def test_deleting_a_running_job_cancels_it_and_the_worker_takes_the_next(live: L
     job = final(live, first)
     step_s = statistics.median(live.queue.get(first).step_times)
     assert job["state"] == "cancelled" and job["step"] < 50
-    assert took < 2 * step_s + 0.1, (took, step_s)  # within about one step, not the remaining 48
+    assert took < 2 * step_s + 0.5, (took, step_s)  # within about one step, not the remaining 48 (~5 s)
     assert final(live, second)["state"] == "done"
     assert fetch(f"{live.url}/jobs/{first}/image.png")[0] == 404
 

@@ -61,6 +61,8 @@ class RenderQueue:
     # --- set-up ---------------------------------------------------------------------------------------
     def start(self, render: Render, preview: LatentPreview, native_size: int, calibrate: SampleSettings | None) -> None:
         """Begin rendering; with `calibrate`, first time two steps of it, so the first job has an estimate."""
+        if self._thread is not None:
+            raise RuntimeError("the render worker is already started")
         self._render, self._preview, self._native = render, preview, native_size
         self._thread = threading.Thread(target=self._work, args=(calibrate,), name="ldm-render", daemon=True)
         self._thread.start()
