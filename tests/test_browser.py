@@ -116,16 +116,16 @@ def test_a_refused_request_shows_a_readable_error(page, app_url: str) -> None:
     sync_api.expect(page.locator("#error")).to_contain_text("steps=500: expected at most 50", timeout=30_000)
 
 
-def test_without_event_source_the_page_polls(app_url: str, tmp_path: Path) -> None:
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        page = browser.new_page()
-        page.add_init_script("delete window.EventSource")
-        page.goto(app_url)
-        page.fill("#prompt", "a blue square")
-        page.fill("#steps", "4")
-        page.fill("#seed", "3")
-        page.click("#generate")
-        sync_api.expect(page.locator("#history figure.done-image")).to_have_count(1, timeout=60_000)
-        sync_api.expect(page.locator("#status")).to_contain_text("Done: step 4/4")
-        browser.close()
+def test_without_event_source_the_page_polls(page, app_url: str) -> None:
+    polling = page.context.new_page()  # a second tab of the same browser
+    try:
+        polling.add_init_script("delete window.EventSource")
+        polling.goto(app_url)
+        polling.fill("#prompt", "a blue square")
+        polling.fill("#steps", "4")
+        polling.fill("#seed", "3")
+        polling.click("#generate")
+        sync_api.expect(polling.locator("#history figure.done-image")).to_have_count(1, timeout=60_000)
+        sync_api.expect(polling.locator("#status")).to_contain_text("Done: step 4/4")
+    finally:
+        polling.close()
