@@ -56,7 +56,8 @@ def serve(app: Flask, host: str, port: int, server: str, threads: int, load: Cal
         run, stop, bound = httpd.run, httpd.close, httpd.effective_port
     thread = threading.Thread(target=run, name=f"{server}-server", daemon=True)
     thread.start()
-    print(f"listening on http://{host}:{bound} ({server}, {threads} threads); loading the model", flush=True)
+    how = f"waitress, {threads} threads" if server == "waitress" else "Flask's development server"
+    print(f"listening on http://{host}:{bound} ({how}); loading the model", flush=True)
     try:
         load()
         print("model loaded: ready", flush=True)
