@@ -103,12 +103,17 @@ def measure(smoke: bool, repeats: int) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def _versus(speedup: float) -> str:
+    """bf16's speed relative to fp32 in words: '1.53x faster' or '17x slower'."""
+    return f"{speedup:.2f}x faster" if speedup >= 1 else f"{1 / speedup:.3g}x slower"
+
+
 def report(data: dict[str, Any]) -> str:
     """The markdown the script prints and writes."""
     unit = "yes (bf16 runs on the bf16 unit)" if data["native_bf16"] else "no (bf16 is emulated)"
     rows = [
         [f"matmul {m['size']}x{m['size']}", f"{m['fp32_gflops']:.1f} GFLOP/s", f"{m['bf16_gflops']:.1f} GFLOP/s",
-         f"{m['bf16_speedup']:.2f}x"]
+         _versus(m["bf16_speedup"])]
         for m in data["matmul"]
     ]  # fmt: skip
     u = data["unet"]
@@ -116,7 +121,7 @@ def report(data: dict[str, Any]) -> str:
     side = u["config"]["sample_size"]
     rows.append(
         [f"U-Net call ({channels} ch, {side}x{side} latents, batch 2)", f"{u['fp32_s']:.3f} s",
-         f"{u['bf16_autocast_s']:.3f} s (autocast)", f"{1 / u['bf16_over_fp32']:.2f}x"]
+         f"{u['bf16_autocast_s']:.3f} s (autocast)", _versus(1 / u["bf16_over_fp32"])]
     )  # fmt: skip
     lines = [
         "## precision_cpu: bf16 vs fp32 on this CPU",
@@ -124,10 +129,10 @@ def report(data: dict[str, Any]) -> str:
         f"CPU: {data['cpu']}; flags: {' '.join(data['flags']) or 'none of ' + ' '.join(FLAGS_SHOWN)}; "
         f"native bf16: {unit}; {data['threads']} torch threads; median of {data['repeats']} repeats.",
         "",
-        table(["what", "fp32", "bf16", "bf16 speed vs fp32"], rows),
+        table(["what", "fp32", "bf16", "bf16 vs fp32"], rows),
         "",
-        "(bf16 speed vs fp32 > 1 means bf16 is faster; the U-Net's bf16 call is `torch.autocast('cpu', bfloat16)`"
-        " around an fp32 model, as `sample.py dtype=auto` runs it.)",
+        "(medians; the U-Net's bf16 call is `torch.autocast('cpu', bfloat16)` around an fp32 model, as"
+        " `sample.py dtype=bf16` runs it.)",
     ]
     return "\n".join(lines)
 
