@@ -1,7 +1,7 @@
 """Pick a training precision that actually runs fast on the machine at hand.
 
 Why: Lightning silently turns `16-mixed` on a CPU into `bf16-mixed`, and on a CPU without a bf16 unit
-(no AVX512-BF16, no AMX) bf16 is emulated and ran 20-150x slower than fp32 (docs/design.md). So the GPU default
+(no AVX512-BF16, no AMX) bf16 is emulated and ran 17-374x slower than fp32 (docs/design.md). So the GPU default
 `16-mixed` resolves to `32-true` on such a CPU, with one warning that says why.
 """
 
@@ -35,7 +35,7 @@ def resolve_precision(precision: str | int, accelerator: str, native_bf16: bool 
     if native_bf16:
         resolved, why = "bf16-mixed", "this CPU has a native bf16 unit"
     else:
-        resolved, why = "32-true", "this CPU has no bf16 unit (AVX512-BF16/AMX), where bf16 runs 20-150x slower"
+        resolved, why = "32-true", "this CPU has no bf16 unit (AVX512-BF16/AMX), where bf16 runs 17-374x slower"
     warnings.warn(
         f"trainer.precision={precision} needs a GPU (fp16 AMP is not supported on CPU); "
         f"using precision={resolved!r} because {why}. Set trainer.precision explicitly to override.",
