@@ -2,8 +2,8 @@
 
 Why a linear map and never a VAE decode: a decode at 512 px costs more than a U-Net step on a CPU
 (benchmarks/results/generation_full-2026-11-27.md), while each RGB pixel of SD's VAE is close to a
-fixed mix of the 4 latent values at that spot, so a (C, 3) matrix product gives a 1/8-size picture for almost nothing
-(benchmarks/results/preview_cost.md). SD1.5's VAE gets the published factors (the ones ComfyUI uses);
+fixed mix of the 4 latent values at that spot, so a (C, 3) matrix product gives a 1/8-size picture for
+almost nothing (benchmarks/results/preview_cost.md). SD1.5's VAE gets the published factors (the ones ComfyUI uses);
 any other VAE (the tiny and shapes-world models) gets a map fitted once, at load time, by least squares
 against its own decodes of a few random latents.
 """
