@@ -6,7 +6,8 @@ time anyway, so jobs wait in line, and once `size` wait, new ones get 503 + Retr
 Why a cancel raises from the step callback instead of only setting the pipeline's `interrupt` flag: in
 diffusers 0.42 the flag makes `StableDiffusionPipeline.__call__` skip the remaining steps and then still
 VAE-decode the latents, 15-33 s at 512 px on a CPU (benchmarks/results/generation_full-2026-11-27.md),
-more than a step, for an image nobody wants. Raising `Cancelled` from `callback_on_step_end` frees the worker at the step's end.
+more than a step, for an image nobody wants. Raising `Cancelled` from `callback_on_step_end` frees the
+worker at the step's end.
 """
 
 from __future__ import annotations
