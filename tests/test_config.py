@@ -200,3 +200,36 @@ def test_multirun_gives_one_folder_per_run(tmp_path: Path, cache_dir: Path) -> N
         assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     lrs = [(run / ".hydra" / "overrides.yaml").read_text() for run in runs]
     assert "optimizer.lr=0.0001" in lrs[0] and "optimizer.lr=0.0003" in lrs[1]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["data=flickr30k"], r"trainer.max_steps=-1: expected an integer > 0 with streamed data \(data.hub.streaming"),
+        (["data=flickr30k", "trainer.max_steps=0"], r"trainer.max_steps=0: expected -1 \(no limit\) or an integer > 0"),
+        (
+            ["lr_scheduler=cosine", "trainer.max_epochs=-1"],
+            r"lr_scheduler.name='cosine' decays over the run's length, but trainer.max_epochs=-1 with "
+            r"trainer.max_steps=-1 has none: set trainer.max_steps",
+        ),
+    ],
+)
+def test_a_run_without_a_length_is_refused_before_any_model_loads(
+    overrides: list[str], message: str, compose_train, monkeypatch
+) -> None:
+    monkeypatch.setattr("ldm.training.module.load_components", lambda *a, **k: pytest.fail("a model was loaded"))
+    with pytest.raises(ConfigError, match=message):
+        validate_train_config(compose_train(*overrides))
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["data=flickr30k", "trainer.max_steps=100", "lr_scheduler=cosine"],  # a stream sized in steps
+        ["lr_scheduler=cosine", "trainer.max_epochs=-1", "trainer.max_steps=100"],
+        ["trainer.max_epochs=-1"],  # a constant schedule needs no length
+        ["data=flickr30k", "data.hub.streaming=false", "lr_scheduler=cosine"],  # downloaded: it has a length
+    ],
+)
+def test_a_run_with_a_length_passes(overrides: list[str], compose_train) -> None:
+    validate_train_config(compose_train(*overrides))
