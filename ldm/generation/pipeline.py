@@ -113,11 +113,12 @@ def generate(
     try:
         pipe = build_pipeline(model, settings.scheduler)
         pipe.set_progress_bar_config(disable=not progress)
-        negative = encode_prompts(model, [settings.negative_prompt])  # (1, 77, D)
         images: list[Image.Image] = []
         for start in range(0, len(jobs), settings.batch_size):
             batch = jobs[start : start + settings.batch_size]
             with options.active(model.unet) if options else nullcontext():
+                # both sides of guidance encoded under the same autocast, so they share one precision
+                negative = encode_prompts(model, [settings.negative_prompt])  # (1, 77, D)
                 output = pipe(
                     prompt_embeds=encode_prompts(model, [prompt for prompt, _ in batch]),  # (B, 77, D)
                     negative_prompt_embeds=negative.expand(len(batch), -1, -1),
