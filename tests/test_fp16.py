@@ -126,7 +126,7 @@ def test_fp16_overflow_and_nan_steps_are_skipped_with_a_sane_scaler(fp16_run) ->
 
 
 def test_fp16_checkpoint_loads_for_fp32_sampling(fp16_run, cache_dir: Path) -> None:
-    out, cfg, _, module, _ = fp16_run
+    out, _, _, module, _ = fp16_run
     sample_cfg = compose_config("sample", ["model=tiny", f"paths.cache_dir={cache_dir}"])
     trained = {k: v.float() for k, v in module.trainable_state_dict().items()}
     for form in ("checkpoints/last.ckpt", "final_model"):

@@ -82,6 +82,7 @@ def generate(
     checkpoint: str | None = None,
     progress: bool = False,
     on_step: Callable[..., dict] | None = None,
+    prompt_seeds: Sequence[int] | None = None,
 ) -> list[Image.Image]:
     """Render `num_images` per prompt (seeds seed, seed+1, ...); each image's `.info` holds its metadata.
 
@@ -89,12 +90,15 @@ def generate(
     live module. Noise comes from per-image CPU generators: the same seed gives the same image whatever
     the batch size or device. The options `load_for_inference` installed (bf16 autocast, DeepCache) apply
     to each pipeline call. `on_step` is diffusers' `callback_on_step_end(pipe, step, timestep, kwargs)`.
+    `prompt_seeds` gives each prompt its own first seed instead of `settings.seed` (adherence: independent noise).
     """
     validate_settings(settings)
     warn_if_truncated(model.tokenizer, (*settings.prompts, settings.negative_prompt))
     seed = random.SystemRandom().randint(0, MAX_SEED) if settings.seed is None else settings.seed
     height, width = settings.height or native_size(model), settings.width or native_size(model)
-    jobs = [(prompt, seed + i) for prompt in settings.prompts for i in range(settings.num_images)]
+    firsts = [seed] * len(settings.prompts) if prompt_seeds is None else list(prompt_seeds)
+    pairs = zip(settings.prompts, firsts, strict=True)
+    jobs = [(prompt, first + i) for prompt, first in pairs for i in range(settings.num_images)]
     options = fast.installed(model)
     base_info = {
         "negative_prompt": settings.negative_prompt,
