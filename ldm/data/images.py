@@ -61,8 +61,8 @@ def is_readable(path: Path) -> bool:
 class ImageTransform:
     """RGB image -> (3, R, R) float32 in [-1, 1], as the SD VAE expects.
 
-    EXIF orientation applied first; shorter side to `resolution` (bicubic), then a center crop (or a random one when `random_crop`),
-    then an optional horizontal flip. Randomness comes from torch's RNG, which Lightning's
+    EXIF orientation applied first; shorter side to `resolution` (bicubic), then a center crop (or a
+    random one when `random_crop`), then an optional horizontal flip. Randomness comes from torch's RNG, which Lightning's
     `seed_everything` and DataLoader workers seed.
     """
 
