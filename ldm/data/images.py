@@ -62,8 +62,8 @@ class ImageTransform:
     """RGB image -> (3, R, R) float32 in [-1, 1], as the SD VAE expects.
 
     EXIF orientation applied first; shorter side to `resolution` (bicubic), then a center crop (or a
-    random one when `random_crop`), then an optional horizontal flip. Randomness comes from torch's RNG, which Lightning's
-    `seed_everything` and DataLoader workers seed.
+    random one when `random_crop`), then an optional horizontal flip. Randomness comes from torch's RNG,
+    which Lightning's `seed_everything` and DataLoader workers seed.
     """
 
     def __init__(self, resolution: int, *, random_crop: bool, random_flip: bool) -> None:
