@@ -89,7 +89,7 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=["pndm-50", "default", "default-fp32", "deep-cache"])
     parser.add_argument("--set", nargs="*", default=[], help="sample.py overrides for every variant")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=20, help="prompts per generate() call (one seed each)")
+    parser.add_argument("--batch-size", type=int, default=20, help="prompts per generate() call (own seed each)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--smoke", action="store_true", help="a few-step world and 20 prompts: seconds")
     parser.add_argument("--out", type=Path, default=None, help="folder for the results (default benchmarks/results/)")
@@ -120,10 +120,10 @@ def main() -> None:
             sys.exit(f"error: {label}={path.parent if label == '--model' else path}: not found; run `make demo` first")
 
     judge, judge_report = load_judge(args.judge)
-    prompts = eval_prompts(args.vocabulary, args.prompts, "held_out", args.seed, args.batch_size)
+    prompts = eval_prompts(args.vocabulary, args.prompts, "held_out", args.seed)
     setup = (
         f"model {args.model}, checkpoint {args.checkpoint or 'none'}; {len(prompts)} held-out {args.vocabulary} "
-        f"prompts, seed {args.seed} + i // {args.batch_size}; overrides for all: {' '.join(args.set) or 'none'}"
+        f"prompts, prompt i seed {args.seed} + i; overrides for all: {' '.join(args.set) or 'none'}"
     )
     print(machine_line())
     print(setup, flush=True)

@@ -107,7 +107,7 @@ def run_loop(
         f"data.latent_cache_dir={work / 'latents'}",
         "trainer.accelerator=cpu",
         f"trainer.precision={precision}",
-        f"+trainer.max_steps={steps}",
+        f"++trainer.max_steps={steps}",
         "trainer.max_epochs=-1",
         "+trainer.limit_val_batches=0",
         "trainer.num_sanity_val_steps=0",

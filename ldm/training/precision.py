@@ -2,7 +2,9 @@
 
 Why: Lightning silently turns `16-mixed` on a CPU into `bf16-mixed`, and on a CPU without a bf16 unit
 (no AVX512-BF16, no AMX) bf16 is emulated and ran 17-374x slower than fp32 (docs/design.md). So the GPU default
-`16-mixed` resolves to `32-true` on such a CPU, with one warning that says why.
+`16-mixed` resolves to `32-true` on such a CPU, with one warning that says why. Only the *string* is
+resolved: an explicit `MixedPrecision("16-mixed", "cpu")` plugin still runs fp16 AMP on a CPU (tests do, to
+run the GPU path), and the module casts its frozen parts by the plugin in use, never by the device.
 """
 
 from __future__ import annotations
