@@ -39,7 +39,7 @@ def resolve_precision(precision: str | int, accelerator: str, native_bf16: bool 
     else:
         resolved, why = "32-true", "this CPU has no bf16 unit (AVX512-BF16/AMX), where bf16 runs 17-374x slower"
     warnings.warn(
-        f"trainer.precision={precision} needs a GPU (fp16 AMP is not supported on CPU); "
+        f"trainer.precision={precision} is the GPU default (on a CPU Lightning would run it as bf16-mixed); "
         f"using precision={resolved!r} because {why}. Set trainer.precision explicitly to override.",
         stacklevel=2,
     )
