@@ -69,14 +69,18 @@ def fake_mission_run(folder: Path) -> Path:
     for epoch, loss in enumerate([0.120, 0.100, 0.089]):
         writer.add_scalar("train/loss_epoch", loss, 2 * epoch + 1)
     writer.close()
-    score = {"shape": 0.25, "colour": 0.2, "position": 0.2, "mean": 0.22}
-    good = {"shape": 0.94, "colour": 0.72, "position": 0.99, "mean": 0.88}
+
+    def row(shares: dict[str, float]) -> dict:  # as ldm.world.adherence scores it: shares, n and 95% intervals
+        return {**shares, "n": 120, "ci95": {k: [max(0.0, v - 0.08), min(1.0, v + 0.08)] for k, v in shares.items()}}
+
+    score = row({"shape": 0.25, "colour": 0.2, "position": 0.2, "mean": 0.22})
+    good = row({"shape": 0.94, "colour": 0.72, "position": 0.99, "mean": 0.88})
     report = {
         "trainable": ["text_encoder"],
         "chance": {"shape": 0.25, "colour": 1 / 6, "position": 0.2},
         "adherence": {"base_model": {"base": good, "new": score}, "after_stage3": {"base": good, "new": good}},
         "curve": [{"epoch": 2, "step": 4, "new": score}, {"epoch": 3, "step": 6, "new": good}],
-        "checks": {"after_stage3_on_new_prompts": {"value": 0.88, "min": 0.8, "met": True}},
+        "checks": {"after_stage3_on_new_prompts": {"value": 0.88, "ci95": [0.81, 0.93], "min": 0.8, "met": True}},
         "stage3": {"steps": 6, "epochs": 3, "train_loss_by_epoch": [0.12, 0.1, 0.089]},
         "prompts": {v: [f"{v} prompt {i}" for i in range(8)] for v in ("base", "new")},
     }
