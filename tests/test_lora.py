@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 from peft import PeftModel
-from transformers import CLIPTextModel
+from transformers import CLIPTextModel, CLIPTokenizer
 
+from ldm.assets import CLIP_TOKENIZER_DIR
 from ldm.errors import ConfigError
 from ldm.generation.checkpoints import build_model
 from ldm.generation.pipeline import generate
@@ -141,3 +142,40 @@ def test_an_adapter_mismatch_is_refused(run, cache_dir: Path, tmp_path: Path) ->
 def test_bad_adapter_settings_are_clear_errors(compose_train, override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         build_module(compose_train("model/adapter=lora", override))
+
+
+def test_shapes_lora_trains_the_rows_of_exactly_the_new_words(tmp_path: Path) -> None:
+    """The ids in conf/experiment/shapes_lora.yaml are the new vocabulary's tokens that no base caption uses."""
+    from ldm.world.vocab import ATTRIBUTES, BASE, NEW
+
+    cfg = compose_config("train", ["experiment=shapes_lora", f"paths.output_dir={tmp_path}"])
+    tokenizer = CLIPTokenizer.from_pretrained(CLIP_TOKENIZER_DIR)
+
+    def ids(text: str) -> set[int]:
+        return set(tokenizer(text, add_special_tokens=False).input_ids)
+
+    base = set().union(*(ids(p) for a in ATTRIBUTES for p in BASE.words[a].values()))
+    base |= set().union(*(ids(t.format(shape="", colour="", position="")) for t in (*BASE.templates, *BASE.held_out)))
+    new = set().union(*(ids(p) for a in ATTRIBUTES for p in NEW.words[a].values())) - base
+    assert list(cfg.model.adapter.trainable_token_ids) == sorted(new)
+
+
+@pytest.mark.slow
+def test_demo_extras_name_their_experiments(tmp_path: Path) -> None:
+    """demo.py's flag: an unknown extra is refused before any stage runs; the known ones compose."""
+    import subprocess
+    import sys
+
+    from tests.helpers import ROOT, train_cli_env
+
+    demo = [sys.executable, str(ROOT / "demo.py"), f"paths.cache_dir={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}"]
+    done = subprocess.run([*demo, "extras=[shapes_nope]"], env=train_cli_env(), capture_output=True, text=True)
+    assert done.returncode != 0 and "extras='shapes_nope'" in done.stderr and "shapes_lora" in done.stderr
+    assert not (tmp_path / "shapes").exists()  # refused before the world was built
+    cfg = compose_config("demo", ["extras=[shapes_lora,shapes_reward]", f"paths.output_dir={tmp_path}"])
+    for extra in cfg.extras:
+        stages = cfg.extra_stages[extra]
+        assert stages[-1] == extra
+        train = compose_config("train", [f"experiment={extra}", f"paths.output_dir={tmp_path}"])
+        assert train.callbacks.adherence.judge.endswith("/judge")  # adherence is always the evaluation judge's
+    assert f"model.text_encoder={tmp_path}/final_model" in list(cfg.stage_overrides.shapes_reward)
