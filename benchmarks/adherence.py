@@ -5,6 +5,9 @@ python benchmarks/adherence.py --checkpoint outputs/DATE/TIME/checkpoints/last.c
 python benchmarks/adherence.py --set guidance_scale=3           # any sample.py override, every variant
 python benchmarks/adherence.py --smoke                          # a minute: a toy world, 3 steps a stage (CI)
 
+The table goes to benchmarks/results/<--name>.{md,json} (default adherence) with the machine, the command
+and the date (`benchmarks.common.write_results`); `--out DIR` writes there; --smoke writes to --out or a temp dir.
+
 Why here and not in a unit test: the numbers need the trained shapes world (`make demo` builds it in
 .cache/shapes) and minutes of sampling. Every variant renders the same fixed held-out prompts with the same
 seeds through `sample.py`'s path (conf/sample.yaml + overrides, `load_for_inference`, `generate`), and the
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -26,7 +30,7 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import ROOT, compose_project_config, default_cache_dir, machine_line, table
+from benchmarks.common import ROOT, compose_project_config, default_cache_dir, machine_line, table, write_results
 
 VARIANTS: dict[str, list[str]] = {  # variant -> sample.py overrides on top of its defaults
     "pndm-50": ["scheduler=pndm", "steps=50", "dtype=fp32"],
@@ -85,9 +89,11 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=["pndm-50", "default", "default-fp32", "deep-cache"])
     parser.add_argument("--set", nargs="*", default=[], help="sample.py overrides for every variant")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=20, help="prompts per generate() call (one seed each)")
+    parser.add_argument("--batch-size", type=int, default=20, help="prompts per generate() call (own seed each)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--smoke", action="store_true", help="a few-step world and 20 prompts: seconds")
+    parser.add_argument("--out", type=Path, default=None, help="folder for the results (default benchmarks/results/)")
+    parser.add_argument("--name", default="adherence", help="results file name, without .md/.json")
     args = parser.parse_args()
     unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown:
@@ -114,14 +120,14 @@ def main() -> None:
             sys.exit(f"error: {label}={path.parent if label == '--model' else path}: not found; run `make demo` first")
 
     judge, judge_report = load_judge(args.judge)
-    prompts = eval_prompts(args.vocabulary, args.prompts, "held_out", args.seed, args.batch_size)
-    print(machine_line())
-    print(
+    prompts = eval_prompts(args.vocabulary, args.prompts, "held_out", args.seed)
+    setup = (
         f"model {args.model}, checkpoint {args.checkpoint or 'none'}; {len(prompts)} held-out {args.vocabulary} "
-        f"prompts, seed {args.seed} + i // {args.batch_size}; overrides for all: {' '.join(args.set) or 'none'}",
-        flush=True,
+        f"prompts, prompt i seed {args.seed} + i; overrides for all: {' '.join(args.set) or 'none'}"
     )
-    rows, baseline = [], None
+    print(machine_line())
+    print(setup, flush=True)
+    rows, baseline, data = [], None, []
     for name in args.variants:
         result, seconds, info = judge_variant(name, args, judge, prompts)
         baseline = baseline or result
@@ -129,16 +135,24 @@ def main() -> None:
         settings = f"{info['scheduler']} x{info['steps']}, {info['precision']}, deep cache {info['deep_cache']}"
         scores = [f"{100 * result[a]:.1f}" for a in (*ATTRIBUTES, "mean")]
         rows.append([name, settings, info["guidance_scale"], *scores, f"{delta:+.1f}", f"{seconds:.2f}"])
+        data.append({"variant": name, "settings": settings, "guidance_scale": float(info["guidance_scale"]),
+                     "adherence": result, "vs_first_points": delta, "seconds_per_image": seconds})  # fmt: skip
         print(f"{name}: mean {100 * result['mean']:.1f}%", flush=True)
     chance = chance_levels()
     headers = ["variant", "sampler", "guidance", *(f"{a} %" for a in ATTRIBUTES), "mean %", "vs first", "s/image"]
-    print(table(headers, rows))
-    print(
+    closing = (
         "chance: "
         + ", ".join(f"{a} {100 * chance[a]:.1f}%" for a in ATTRIBUTES)
         + "; judge accuracy on renders: "
         + ", ".join(f"{a} {100 * v:.1f}%" for a, v in judge_report["accuracy"]["renders"].items())
     )
+    text = "\n".join(["## adherence: the samplers judged on the shapes world", "", setup, "", table(headers, rows),
+                      "", closing])  # fmt: skip
+    print(table(headers, rows))
+    print(closing)
+    out = args.out or (Path(tempfile.mkdtemp(prefix="ldm-adherence-results-")) if args.smoke else None)
+    paths = write_results(args.name, text, {"setup": setup, "variants": data, "chance": chance}, out_dir=out)
+    print(f"\nwritten: {', '.join(str(p) for p in paths)}")
 
 
 if __name__ == "__main__":

@@ -2,8 +2,11 @@
 
 python benchmarks/train_step.py --quick          # 256 px, batch 1, the project's default precision
 python benchmarks/train_step.py                  # 256 px and 512 px, 32-true and (on bf16 CPUs) bf16-mixed
-python benchmarks/train_step.py --smoke          # tiny random model, seconds (CI)
+python benchmarks/train_step.py --smoke          # tiny random model, seconds (CI); writes to --out or a temp dir
 python benchmarks/train_step.py --resolution 256 512 --batch 2 --precision 32-true --threads 1
+
+The table goes to benchmarks/results/<--name>.{md,json} (default train_step) with the machine, the command
+and the date (`benchmarks.common.write_results`); `--out DIR` writes there instead.
 
 Both loops are `train.py` itself (`ldm.training.train` on conf/train.yaml) on SD1.5-size components with
 random weights (benchmarks/sd15_config/) and a generated captioned set in Flickr8k layout, one process per
@@ -40,6 +43,7 @@ from benchmarks.common import (
     peak_rss_gib,
     run_json_subprocess,
     table,
+    write_results,
 )
 
 LOOPS = {"naive": "false", "ours": "true"}
@@ -103,7 +107,7 @@ def run_loop(
         f"data.latent_cache_dir={work / 'latents'}",
         "trainer.accelerator=cpu",
         f"trainer.precision={precision}",
-        f"+trainer.max_steps={steps}",
+        f"++trainer.max_steps={steps}",
         "trainer.max_epochs=-1",
         "+trainer.limit_val_batches=0",
         "trainer.num_sanity_val_steps=0",
@@ -146,7 +150,8 @@ def main() -> None:
     parser.add_argument("--precision", nargs="+", help="default: the project's (16-mixed, resolved for this CPU)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--work", type=Path, help="data, cache and run folders (default: a temp folder)")
-    parser.add_argument("--json", type=Path, help="also write the raw numbers here")
+    parser.add_argument("--out", type=Path, help="folder for the results (default benchmarks/results/)")
+    parser.add_argument("--name", default="train_step", help="results file name, without .md/.json")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
@@ -191,12 +196,15 @@ def main() -> None:
                 print(f"# {loop} {resolution}px {precision}: {time.perf_counter() - started:.0f} s", file=sys.stderr)
     if temp is not None:
         temp.cleanup()
-    print_report(results, machine, "smoke" if args.smoke else "quick" if args.quick else "default", args.batch)
-    if args.json:
-        args.json.write_text(json.dumps({"machine": machine, "results": results}, indent=1))
+    text = report(results, machine, "smoke" if args.smoke else "quick" if args.quick else "default", args.batch)
+    print(text)
+    out = args.out or (Path(tempfile.mkdtemp(prefix="ldm-train-step-results-")) if args.smoke else None)
+    paths = write_results(args.name, text, results, out_dir=out)
+    print(f"\nwritten: {', '.join(str(p) for p in paths)}")
 
 
-def print_report(results: list[dict[str, Any]], machine: str, mode: str, batch: int) -> None:
+def report(results: list[dict[str, Any]], machine: str, mode: str, batch: int) -> str:
+    """The markdown the benchmark prints and writes: one row per loop, ratios to the naive loop."""
     rows = []
     naive = {(r["resolution"], r["precision"]): r["step_s"] for r in results if r["loop"] == "naive"}
     for r in results:
@@ -216,15 +224,18 @@ def print_report(results: list[dict[str, Any]], machine: str, mode: str, batch: 
                 f"{r['peak_rss_gib']:.2f}",
             ]
         )
-    print(f"## train_step ({mode}): text-encoder step, SD1.5-size, batch {batch}, CPU")
-    print(f"machine: {machine}")
-    print()
     headers = ["loop", "images", "precision", "s/step (median)", "vs naive", "fit start -> first step s",
                "text-encoder tensors with grad", "peak RSS GiB"]  # fmt: skip
-    print(table(headers, rows))
-    print(
-        "\n(fit start -> first step: model setup, and for `ours` filling the latent cache for every image once; "
-        "no U-Net or VAE tensor got a gradient unless said)"
+    return "\n".join(
+        [
+            f"## train_step ({mode}): text-encoder step, SD1.5-size, batch {batch}, CPU",
+            f"machine: {machine}",
+            "",
+            table(headers, rows),
+            "",
+            "(fit start -> first step: model setup, and for `ours` filling the latent cache for every image once; "
+            "no U-Net or VAE tensor got a gradient unless said)",
+        ]
     )
 
 

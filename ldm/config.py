@@ -11,10 +11,12 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from ldm.components import check_trainable
-from ldm.errors import ConfigError, expect
+from ldm.errors import ConfigError, expect, is_int, require
 from ldm.tiny import ensure_tiny_pretrained
 
 __all__ = ["ConfigError", "register_resolvers", "validate_train_config"]
+# diffusers' schedules whose shape does not depend on num_training_steps (the others decay over it)
+LENGTH_FREE_SCHEDULES = ("constant", "constant_with_warmup", "piecewise_constant")
 
 
 def register_resolvers() -> None:
@@ -50,7 +52,36 @@ def validate_train_config(cfg: DictConfig) -> None:
     )
     clip = trainer.gradient_clip_val
     expect(clip is None or clip > 0, "trainer.gradient_clip_val", clip, "null or a number > 0")
+    check_run_length(cfg)
     if "trainable" in cfg.model:  # the shapes world's VAE and judge modules (ldm/world) have no trainable set
         check_trainable(cfg.model.trainable)
     ckpt = cfg.get("ckpt_path")
     expect(ckpt is None or Path(ckpt).is_file(), "ckpt_path", ckpt, "null or an existing .ckpt file")
+
+
+def check_run_length(cfg: DictConfig) -> None:
+    """A run, and a schedule that decays over it, must have a known number of steps.
+
+    Why: a stream has no length, so Lightning sizes the run by `max_steps` (-1 unless set): diffusers'
+    cosine then swings between 1 and 0 every step, `linear` gives lr 0, and `max_epochs=-1` crashes on
+    `int(inf)`, all without a word.
+    """
+    trainer, data = cfg.trainer, cfg.data
+    max_steps, max_epochs = trainer.get("max_steps", -1), trainer.get("max_epochs")
+    steps_set = is_int(max_steps) and max_steps > 0
+    expect(steps_set or max_steps == -1, "trainer.max_steps", max_steps, "-1 (no limit) or an integer > 0")
+    streamed = data.layout == "hub" and bool(data.get("hub", {}).get("streaming"))
+    expect(
+        steps_set or not streamed,
+        "trainer.max_steps",
+        max_steps,
+        "an integer > 0 with streamed data (data.hub.streaming=true has no length, so the run and its LR "
+        "schedule are sized in steps)",
+    )
+    name = (cfg.get("lr_scheduler") or {}).get("name")
+    require(
+        steps_set or name in LENGTH_FREE_SCHEDULES or max_epochs != -1,
+        f"lr_scheduler.name={name!r} decays over the run's length, but trainer.max_epochs=-1 with "
+        f"trainer.max_steps={max_steps!r} has none: set trainer.max_steps or trainer.max_epochs to a number > 0, "
+        f"or use one of {', '.join(LENGTH_FREE_SCHEDULES)}",
+    )

@@ -1,7 +1,7 @@
 """What the CPU can do, read from the machine, never assumed (precision and sampling defaults follow it).
 
 Why it matters: bf16 runs 1.5-2x faster than fp32 on CPUs with a bf16 unit (AVX512-BF16 or AMX) and is
-emulated, 20-150x slower, on CPUs without one (docs/design.md has the figures, their CPUs and commands).
+emulated, 17-374x slower, on CPUs without one (docs/design.md has the figures, their CPUs and commands).
 """
 
 from __future__ import annotations

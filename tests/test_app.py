@@ -1,10 +1,17 @@
-"""The Flask app on the tiny model: each route, each bad input, the bounded queue, and a load test."""
+"""The app on the tiny model, through waitress on a loopback port: the jobs API (progress, previews, SSE,
+cancel), sync /generate, the protections, /healthz, and a load test. The real pipeline renders every job;
+a per-step hook only adds a delay (to watch progress) or raises (to see a failing render)."""
 
 from __future__ import annotations
 
 import io
 import json
+import socket
+import statistics
+import subprocess
+import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -14,13 +21,27 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from werkzeug.serving import make_server
 
 from ldm.generation.checkpoints import build_model
 from ldm.generation.loading import prepare_for_inference
-from ldm.generation.settings import Limits, SampleSettings
-from ldm.serving.app import QueueFull, RenderQueue, create_app
+from ldm.generation.output import METADATA_KEYS
+from ldm.serving.app import app_from_config
+from ldm.serving.server import make_waitress
 from tests.conftest import compose_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class StepHook:
+    """Called by the worker at each step: sleeps `delay` s; raises for the prompt `fail`."""
+
+    def __init__(self) -> None:
+        self.delay, self.fail = 0.0, "boom"
+
+    def __call__(self, job) -> None:
+        time.sleep(self.delay)
+        if job.settings.prompts[0] == self.fail:
+            raise RuntimeError("a render that breaks")
 
 
 @pytest.fixture(scope="module")
@@ -36,135 +57,48 @@ def model(app_cfg):
 
 
 def make_app(model, cfg, **changes):
-    settings = {"queue_size": cfg.queue_size, "retry_after": cfg.retry_after, **changes}
-    defaults = SampleSettings.from_config(cfg, prompts=(), num_images=1, batch_size=1)
-    return create_app(model, defaults, Limits(**cfg.limits), **settings)
+    return app_from_config(cfg, model, **changes)
+
+
+class Live:
+    """An app served by waitress on a free loopback port."""
+
+    def __init__(self, app) -> None:
+        self.app, self.queue = app, app.extensions["ldm_queue"]
+        self.server = make_waitress(app, "127.0.0.1", 0, threads=30)
+        self.url = f"http://127.0.0.1:{self.server.effective_port}"
+        threading.Thread(target=self.server.run, daemon=True).start()
+
+    def close(self) -> None:
+        self.queue.close()
+        self.server.close()
 
 
 @pytest.fixture(scope="module")
-def client(model, app_cfg):
-    app = make_app(model, app_cfg)
-    yield app.test_client()
-    app.extensions["ldm_queue"].close()
+def hook() -> StepHook:
+    return StepHook()
 
 
-def test_index_has_the_form(client) -> None:
-    page = client.get("/").get_data(as_text=True)
-    for element in ('id="prompt"', 'id="negative_prompt"', 'id="steps"', 'id="guidance_scale"', 'id="seed"'):
-        assert element in page
-    assert ">Generate</button>" in page and 'max="50"' in page  # the app's step limit
-
-
-def test_generate_from_json_returns_a_png_with_the_seed(client) -> None:
-    response = client.post("/generate", json={"prompt": "a red circle", "steps": 2, "seed": 11, "guidance_scale": 3})
-    assert response.status_code == 200 and response.mimetype == "image/png"
-    assert response.headers["X-Seed"] == "11"
-    image = Image.open(io.BytesIO(response.data))
-    assert image.size == (64, 64) and image.text["prompt"] == "a red circle" and image.text["steps"] == "2"
-    again = client.post("/generate", json={"prompt": "a red circle", "steps": 2, "seed": 11, "guidance_scale": 3})
-    assert again.data == response.data
-
-
-def test_generate_from_a_form_without_a_seed_picks_one(client) -> None:
-    form = {"prompt": "a blue square", "negative_prompt": "", "steps": "2", "guidance_scale": "7.5", "seed": ""}
-    response = client.post("/generate", data=form)
-    assert response.status_code == 200 and response.mimetype == "image/png"
-    assert int(response.headers["X-Seed"]) >= 0
-
-
-def test_healthz(client) -> None:
-    body = client.get("/healthz").get_json()
-    assert body["model_loaded"] is True and body["queue_length"] == 0 and body["queue_size"] == 4
-
-
-@pytest.mark.parametrize(
-    ("fields", "reason"),
-    [
-        ({}, "prompt is empty"),
-        ({"prompt": "   "}, "prompt is empty"),
-        ({"prompt": "x" * 501}, "prompt of 501 characters: expected at most 500"),
-        ({"prompt": "a", "steps": 0}, "steps=0: expected an integer ≥ 1"),
-        ({"prompt": "a", "steps": 51}, "steps=51: expected at most 50"),
-        ({"prompt": "a", "steps": "many"}, "steps=many: expected a number"),
-        ({"prompt": "a", "steps": 2.5}, "steps=2.5: expected an integer"),
-        ({"prompt": "a", "height": 60}, "height=60: expected null (the model's size) or a positive multiple of 8"),
-        ({"prompt": "a", "width": 1024}, "width=1024: expected 64 to 768 pixels"),
-        ({"prompt": "a", "guidance_scale": 21}, "guidance_scale=21.0: expected at most 20"),
-        ({"prompt": "a", "guidance_scale": -1}, "guidance_scale=-1.0: expected a number ≥ 0"),
-        ({"prompt": "a", "guidance_scale": "nan"}, "expected a finite number"),
-        ({"prompt": "a", "seed": -1}, "seed=-1"),
-        ({"prompt": "a", "scheduler": "lms"}, "scheduler='lms'"),
-        ({"prompt": ["a", "b"]}, "prompt must be a string"),
-    ],
-)
-def test_bad_input_is_a_400_with_the_reason(client, fields: dict, reason: str) -> None:
-    responses = [client.post("/generate", json=fields)]
-    if not isinstance(fields.get("prompt"), list):  # a form has no lists
-        responses.append(client.post("/generate", data={k: str(v) for k, v in fields.items()}))
-    for response in responses:
-        assert response.status_code == 400, response.get_data(as_text=True)
-        assert reason in response.get_json()["error"]
-
-
-def test_a_body_that_is_not_an_object_is_a_400(client) -> None:
-    response = client.post("/generate", json=["a dog"])
-    assert response.status_code == 400 and "JSON object" in response.get_json()["error"]
-    assert client.get("/generate").status_code == 405
-
-
-def test_a_full_queue_answers_503_with_retry_after(model, app_cfg, monkeypatch) -> None:
-    app = make_app(model, app_cfg, retry_after=7)
-    monkeypatch.setattr(app.extensions["ldm_queue"], "submit", _raise_queue_full)
-    response = app.test_client().post("/generate", json={"prompt": "a dog", "steps": 1})
-    assert response.status_code == 503 and response.headers["Retry-After"] == "7"
-    assert "busy" in response.get_json()["error"]
-    app.extensions["ldm_queue"].close()
-
-
-def _raise_queue_full(settings):
-    raise QueueFull
-
-
-def test_render_queue_runs_one_job_at_a_time_and_holds_at_most_size() -> None:
-    gate, running, active, peak = threading.Event(), threading.Event(), [0], [0]
-
-    def render(settings):
-        active[0] += 1
-        peak[0] = max(peak[0], active[0])
-        running.set()
-        gate.wait(10)
-        active[0] -= 1
-        return settings
-
-    jobs = RenderQueue(render, size=2)
-    first = jobs.submit("first")
-    running.wait(10)  # the worker took it: 2 places are free again
-    waiting = [jobs.submit("second"), jobs.submit("third")]
-    with pytest.raises(QueueFull):
-        jobs.submit("fourth")
-    assert jobs.busy and jobs.waiting == 2
-    gate.set()
-    assert [f.result(10) for f in (first, *waiting)] == ["first", "second", "third"]
-    assert peak[0] == 1
-    jobs.close()
-
-
-# --- load: a real threaded server on a free loopback port ------------------------------------------
 @pytest.fixture(scope="module")
-def live_url(model, app_cfg) -> Iterator[str]:
-    app = make_app(model, app_cfg, queue_size=4)
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.port}"
-    server.shutdown()
-    app.extensions["ldm_queue"].close()
+def live(model, app_cfg, hook) -> Iterator[Live]:
+    server = Live(make_app(model, app_cfg, step_hook=hook))
+    yield server
+    server.close()
 
 
-def fetch(url: str, payload: dict | None = None) -> tuple[int, dict[str, str], bytes]:
-    """(status, headers, body) of a GET, or of a JSON POST when `payload` is given; errors included."""
+@pytest.fixture
+def slow(hook) -> Iterator[StepHook]:
+    hook.delay = 0.1
+    yield hook
+    hook.delay = 0.0
+
+
+def fetch(url: str, payload: dict | None = None, method: str | None = None, headers: dict | None = None):
+    """(status, headers, body) of a request (a JSON POST when `payload` is given); errors included."""
     data = None if payload is None else json.dumps(payload).encode()
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        url, data=data, method=method, headers={"Content-Type": "application/json", **(headers or {})}
+    )
     try:
         with urllib.request.urlopen(req, timeout=120) as response:
             return response.status, dict(response.headers), response.read()
@@ -172,22 +106,301 @@ def fetch(url: str, payload: dict | None = None) -> tuple[int, dict[str, str], b
         return err.code, dict(err.headers), err.read()
 
 
-def test_twenty_concurrent_requests_against_a_queue_of_four(live_url: str) -> None:
+def get_json(url: str) -> dict:
+    return json.loads(fetch(url)[2])
+
+
+def submit(live: Live, **fields) -> str:
+    status, _, body = fetch(f"{live.url}/jobs", {"prompt": "a red circle", "steps": 4, **fields})
+    assert status == 202, body
+    return json.loads(body)["id"]
+
+
+def wait_for(predicate, timeout: float = 60, every: float = 0.02):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(every)
+    raise AssertionError("timed out")
+
+
+def final(live: Live, job_id: str) -> dict:
+    return wait_for(
+        lambda: (j := get_json(f"{live.url}/jobs/{job_id}"))["state"] in ("done", "failed", "cancelled") and j
+    )
+
+
+# --- the page and the sync route -------------------------------------------------------------------------
+def test_index_has_the_form_progress_preview_cancel_and_history(live: Live) -> None:
+    page = fetch(live.url)[2].decode()
+    for element in (
+        'id="prompt"',
+        'id="steps"',
+        'id="seed"',
+        'id="bar"',
+        'id="preview"',
+        'id="cancel"',
+        'id="history"',
+    ):
+        assert element in page
+    assert ">Generate</button>" in page and 'max="50"' in page and "EventSource" in page
+
+
+def test_the_response_header_shows_the_production_server(live: Live) -> None:
+    assert fetch(f"{live.url}/healthz")[1]["Server"] == "waitress"
+
+
+def test_sync_generate_returns_a_png_with_the_seed(live: Live) -> None:
+    status, headers, body = fetch(f"{live.url}/generate", {"prompt": "a red circle", "steps": 2, "seed": 11})
+    assert status == 200 and headers["Content-Type"] == "image/png" and headers["X-Seed"] == "11"
+    image = Image.open(io.BytesIO(body))
+    assert image.size == (64, 64) and image.text["prompt"] == "a red circle" and image.text["steps"] == "2"
+    assert fetch(f"{live.url}/generate", {"prompt": "a red circle", "steps": 2, "seed": 11})[2] == body
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({}, "prompt is empty"),
+        ({"prompt": "x" * 501}, "prompt of 501 characters: expected at most 500"),
+        ({"prompt": "a", "steps": 0}, "steps=0: expected an integer ≥ 1"),
+        ({"prompt": "a", "steps": 51}, "steps=51: expected at most 50"),
+        ({"prompt": "a", "steps": "many"}, "steps=many: expected a number"),
+        ({"prompt": "a", "height": 60}, "height=60: expected null (the model's size) or a positive multiple of 8"),
+        ({"prompt": "a", "width": 1024}, "width=1024: expected 64 to 768 pixels"),
+        ({"prompt": "a", "guidance_scale": "nan"}, "expected a finite number"),
+        ({"prompt": "a", "seed": -1}, "seed=-1"),
+        ({"prompt": "a", "scheduler": "lms"}, "scheduler='lms'"),
+        ({"prompt": ["a", "b"]}, "prompt must be a string"),
+    ],
+)
+def test_bad_input_is_a_400_with_the_reason(live: Live, fields: dict, reason: str) -> None:
+    for route in ("/jobs", "/generate"):
+        status, _, body = fetch(f"{live.url}{route}", fields)
+        assert status == 400 and reason in json.loads(body)["error"], body
+    status, _, body = fetch(f"{live.url}/jobs", method="POST", payload=None)
+    assert status == 400 and "JSON object" in json.loads(body)["error"]
+
+
+# --- jobs ------------------------------------------------------------------------------------------------
+def test_a_job_rises_to_steps_ends_done_and_serves_its_png_with_metadata(live: Live, slow) -> None:
+    job_id = submit(live, steps=8, seed=5)
+    seen = []
+    while (job := get_json(f"{live.url}/jobs/{job_id}"))["state"] in ("queued", "running"):
+        seen.append(job["step"])
+        if job["step"] >= 1:
+            status, headers, body = fetch(f"{live.url}/jobs/{job_id}/preview.png")
+            assert status == 200 and headers["Content-Type"] == "image/png"
+            assert Image.open(io.BytesIO(body)).size == (8, 8)  # the latent grid: 64 px / 8
+        time.sleep(0.03)
+    assert job["state"] == "done" and job["step"] == job["steps"] == 8 and job["seed"] == 5
+    assert seen == sorted(seen) and len(set(seen)) >= 3, seen  # watched it rise
+    assert set(job) >= {"id", "state", "position", "step", "steps", "elapsed_s", "eta_s", "seed", "error"}
+    status, headers, body = fetch(f"{live.url}/jobs/{job_id}/image.png")
+    image = Image.open(io.BytesIO(body))
+    assert status == 200 and image.size == (64, 64) and set(image.text) == set(METADATA_KEYS)
+    assert image.text["seed"] == "5" and image.text["prompt"] == "a red circle"
+
+
+def test_preview_is_404_before_the_first_step_and_an_unknown_id_is_404(live: Live, slow) -> None:
+    running, waiting = submit(live, steps=6), submit(live, steps=2)
+    status, _, body = fetch(f"{live.url}/jobs/{waiting}/preview.png")
+    assert status == 404 and "no preview yet" in json.loads(body)["error"]
+    for suffix in ("", "/events", "/preview.png", "/image.png"):
+        assert fetch(f"{live.url}/jobs/nope{suffix}")[0] == 404
+    assert fetch(f"{live.url}/jobs/nope", method="DELETE")[0] == 404
+    final(live, running), final(live, waiting)
+
+
+def test_the_event_stream_yields_increasing_steps_and_ends(live: Live, slow) -> None:
+    job_id = submit(live, steps=5)
+    events = []
+    with urllib.request.urlopen(f"{live.url}/jobs/{job_id}/events", timeout=60) as stream:
+        assert stream.headers["Content-Type"].startswith("text/event-stream")
+        kind = None
+        for line in stream:  # ends when the server closes the stream after the last state
+            line = line.decode().strip()
+            if line.startswith("event: "):
+                kind = line[7:]
+            elif line.startswith("data: "):
+                events.append((kind, json.loads(line[6:])))
+    steps = [data["step"] for kind, data in events if kind == "step"]
+    states = [data["state"] for kind, data in events if kind == "state"]
+    assert steps == [1, 2, 3, 4, 5], events
+    assert states[-1] == "done" and "running" in states and events[-1][0] == "state"
+
+
+def test_deleting_a_running_job_cancels_it_and_the_worker_takes_the_next(live: Live, slow) -> None:
+    first, second = submit(live, steps=50), submit(live, steps=3)
+    wait_for(lambda: get_json(f"{live.url}/jobs/{first}")["step"] >= 2)
+    cancelled_at = time.monotonic()
+    status, _, _ = fetch(f"{live.url}/jobs/{first}", method="DELETE")
+    assert status == 200
+    wait_for(lambda: get_json(f"{live.url}/jobs/{second}")["state"] != "queued", every=0.005)
+    took = time.monotonic() - cancelled_at
+    job = final(live, first)
+    step_s = statistics.median(live.queue.get(first).step_times)
+    assert job["state"] == "cancelled" and job["step"] < 50
+    assert took < 2 * step_s + 0.5, (took, step_s)  # within about one step, not the remaining 48 (~5 s)
+    assert final(live, second)["state"] == "done"
+    assert fetch(f"{live.url}/jobs/{first}/image.png")[0] == 404
+
+
+def test_deleting_a_queued_job_removes_it_from_the_queue(live: Live, slow) -> None:
+    first, second, third = submit(live, steps=6), submit(live, steps=2), submit(live, steps=2)
+    assert get_json(f"{live.url}/jobs/{third}")["position"] == 2
+    body = json.loads(fetch(f"{live.url}/jobs/{second}", method="DELETE")[2])
+    assert body["state"] == "cancelled" and body["step"] == 0
+    assert get_json(f"{live.url}/jobs/{third}")["position"] == 1
+    assert final(live, third)["state"] == "done" and final(live, first)["state"] == "done"
+    assert live.queue.get(second).started is None  # it never ran
+
+
+def test_a_sync_generate_whose_client_leaves_is_cancelled(live: Live, slow) -> None:
+    body = json.dumps({"prompt": "a dog", "steps": 50}).encode()
+    sock = socket.create_connection(("127.0.0.1", live.server.effective_port))
+    sock.sendall(
+        b"POST /generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    running = wait_for(lambda: (r := get_json(f"{live.url}/healthz")["running_job"]) and r["step"] >= 1 and r)
+    sock.close()
+    job = final(live, running["id"])
+    assert job["state"] == "cancelled" and job["step"] < 50
+    assert get_json(f"{live.url}/healthz")["running_job"] is None
+
+
+def test_a_render_that_raises_fails_its_job_and_the_worker_serves_the_next(live: Live, caplog) -> None:
+    failed = final(live, submit(live, prompt="boom"))
+    assert failed["state"] == "failed" and "error id" in failed["error"] and "RuntimeError" in failed["error"]
+    error_id = failed["error"].split("error id ")[1].split(";")[0]
+    assert any(error_id in r.getMessage() and r.exc_info for r in caplog.records)  # the traceback is logged
+    status, _, body = fetch(f"{live.url}/generate", {"prompt": "boom", "steps": 2})
+    assert status == 500 and "error id" in json.loads(body)["error"] and "a render that breaks" not in body.decode()
+    assert final(live, submit(live))["state"] == "done"
+
+
+def test_cross_origin_requests_that_change_state_are_refused(live: Live) -> None:
+    evil = {"Origin": "http://evil.example"}
+    status, _, body = fetch(f"{live.url}/jobs", {"prompt": "a dog"}, headers=evil)
+    assert status == 403 and "Origin 'http://evil.example' does not match" in json.loads(body)["error"]
+    assert fetch(f"{live.url}/generate", {"prompt": "a dog"}, headers={"Sec-Fetch-Site": "cross-site"})[0] == 403
+    job_id = submit(live, steps=2)
+    assert fetch(f"{live.url}/jobs/{job_id}", method="DELETE", headers=evil)[0] == 403
+    same = {"Origin": live.url, "Sec-Fetch-Site": "same-origin"}
+    assert fetch(f"{live.url}/jobs", {"prompt": "a dog", "steps": 2}, headers=same)[0] == 202
+    assert final(live, job_id)["state"] == "done"
+
+
+def test_a_body_over_the_limit_is_a_413(live: Live) -> None:
+    status, _, body = fetch(f"{live.url}/jobs", {"prompt": "x" * 70_000})
+    assert status == 413 and "request body over 65536 bytes" in json.loads(body)["error"]
+
+
+def test_healthz_tells_the_truth(model, app_cfg, hook, slow) -> None:
+    server = Live(make_app(None, app_cfg, step_hook=hook))
+    try:
+        status, _, body = fetch(f"{server.url}/healthz")
+        health = json.loads(body)
+        assert status == 503 and health["model_loaded"] is False and health["status"] == "loading"
+        server.app.extensions["ldm_attach"](model)
+        job_id = submit(server, steps=20)
+        running = wait_for(
+            lambda: (h := get_json(f"{server.url}/healthz"))["running_job"] and h["running_job"]["step"] and h
+        )
+        assert running["model_loaded"] is True and running["status"] == "ok"
+        assert running["running_job"]["id"] == job_id and 1 <= running["running_job"]["step"] <= 20
+        other = submit(server, steps=2)
+        assert get_json(f"{server.url}/healthz")["queue_length"] == 1
+        final(server, job_id), final(server, other)
+        assert get_json(f"{server.url}/healthz")["queue_length"] == 0
+    finally:
+        server.close()
+
+
+def test_cost_bound_and_time_estimates_come_from_measured_steps(model, app_cfg, hook) -> None:
+    server = Live(make_app(model, app_cfg, step_hook=hook, max_seconds=30))
+    try:
+        wait_for(lambda: get_json(f"{server.url}/healthz")["seconds_per_step_512"])  # the start-up calibration
+        hook.delay = 1.0  # the measured speed of this job: 1 s a step
+        slow_job = submit(server, steps=2)
+        waiting = get_json(f"{server.url}/jobs/{submit(server, steps=2)}")
+        assert waiting["state"] == "queued" and waiting["eta_s"] is not None and waiting["eta_s"] > 0
+        fetch(f"{server.url}/jobs/{waiting['id']}", method="DELETE")
+        final(server, slow_job)
+        hook.delay = 0.0
+        status, _, body = fetch(f"{server.url}/jobs", {"prompt": "a dog", "steps": 50})  # 50 x ~1 s > 30 s
+        assert status == 400 and "would take about" in json.loads(body)["error"] and "max_seconds=30" in body.decode()
+    finally:
+        hook.delay = 0.0
+        server.close()
+
+
+def test_finished_jobs_are_forgotten_beyond_keep_count_and_keep_s(model, app_cfg) -> None:
+    server = Live(make_app(model, app_cfg, keep_count=2, calibrate=False))
+    try:
+        ids = [submit(server, steps=1) for _ in range(3)]
+        for job_id in ids:
+            final(server, job_id)
+        assert submit(server, steps=1)  # a submit prunes
+        assert fetch(f"{server.url}/jobs/{ids[0]}")[0] == 404 and fetch(f"{server.url}/jobs/{ids[2]}")[0] == 200
+    finally:
+        server.close()
+    server = Live(make_app(model, app_cfg, keep_s=0.5, calibrate=False))
+    try:
+        job_id = submit(server, steps=1)
+        final(server, job_id)
+        time.sleep(0.6)
+        assert fetch(f"{server.url}/jobs/{job_id}")[0] == 404
+    finally:
+        server.close()
+
+
+def test_twenty_concurrent_submissions_against_a_queue_of_four(live: Live, slow) -> None:
+    busy = submit(live, steps=10)  # 1 s of work: the worker holds it while the 20 arrive
+    wait_for(lambda: get_json(f"{live.url}/jobs/{busy}")["state"] == "running")
     start = threading.Barrier(20)
 
-    def post(i: int) -> tuple[int, dict[str, str], bytes]:
+    def post(i: int):
         start.wait(10)
-        return fetch(f"{live_url}/generate", {"prompt": f"a dog {i}", "steps": 30})
+        return fetch(f"{live.url}/jobs", {"prompt": f"a dog {i}", "steps": 2})
 
     with ThreadPoolExecutor(max_workers=20) as pool:
         answers = list(pool.map(post, range(20)))
-    codes = sorted(status for status, _, _ in answers)
-    for status, headers, body in answers:
-        if status == 200:
-            assert headers["Content-Type"] == "image/png"
-            assert Image.open(io.BytesIO(body)).size == (64, 64)
-        else:
-            assert status == 503 and headers["Retry-After"] == "30", codes
-    assert codes.count(200) >= 1 and codes.count(503) >= 1, codes  # 1 rendering + 4 waiting at most at once
-    status, _, body = fetch(f"{live_url}/healthz")
-    assert status == 200 and json.loads(body)["model_loaded"] is True
+    accepted = [json.loads(body)["id"] for status, _, body in answers if status == 202]
+    for status, headers, _ in answers:
+        assert status in (202, 503) and (status == 202 or headers["Retry-After"] == "30")
+    assert len(accepted) == 4, [s for s, _, _ in answers]  # 1 rendering + queue_size waiting, no more
+    assert get_json(f"{live.url}/jobs/{busy}")["state"] == "running"  # so none was freed meanwhile
+    assert all(final(live, job_id)["state"] == "done" for job_id in [busy, *accepted])
+
+
+@pytest.mark.slow
+def test_app_py_serves_with_waitress_and_healthz_reports_the_load(cache_dir: Path, tmp_path: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    command = [sys.executable, "app.py", "model=tiny", f"port={port}", "threads=1",
+               f"paths.cache_dir={cache_dir}", f"hydra.run.dir={tmp_path}"]  # fmt: skip
+    log = (tmp_path / "app.out").open("w")
+    process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        health = wait_for(lambda: (r := fetch_or_none(f"{url}/healthz")) and r[0] == 200 and r, timeout=120, every=0.3)
+        assert health[1]["Server"] == "waitress" and json.loads(health[2])["model_loaded"] is True
+        status, headers, body = fetch(f"{url}/generate", {"prompt": "a red circle", "steps": 2, "seed": 1})
+        assert status == 200 and headers["Server"] == "waitress" and body.startswith(b"\x89PNG")
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        log.close()
+    assert "waitress" in (tmp_path / "app.out").read_text()
+
+
+def fetch_or_none(url: str):
+    try:
+        return fetch(url)
+    except OSError:
+        return None

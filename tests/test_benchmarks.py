@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,22 +33,47 @@ def test_sample_cpu_smoke_prints_its_table(cache_dir: Path, tmp_path: Path) -> N
     for variant in ("baseline", "ours", "deep-cache"):
         assert f"| {variant} |" in out
     assert "| baseline | pndm x50 | fp32, slicing on |" in out
-    assert (tmp_path / "raw.json").is_file()
+    raw = json.loads((tmp_path / "raw.json").read_text())["results"]
+    table = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| ")]
+    rows = {cells[0].strip(): [c.strip() for c in cells[1:]] for cells in table}
+    for variant in ("baseline", "ours", "deep-cache"):
+        _, _, call_s, gflops, decode_s, image_s, speedup, rss = rows[variant]
+        result = raw[variant]
+        assert 0 < float(call_s.split(" / ")[0]) < 60 and 0 < float(decode_s) < 60
+        assert all(0 <= float(g.split("(")[1].rstrip("%)")) <= 100 for g in gflops.split(" / "))  # % of peak
+        assert 0 < result["image_s"] < 3600
+        assert float(image_s.split()[0]) == pytest.approx(result["image_s"], rel=0.05, abs=0.06)
+        ratio = raw["baseline"]["image_s"] / result["image_s"]  # the table's ratio is this run's, not a constant
+        assert float(speedup.rstrip("x")) == pytest.approx(ratio, rel=0.01, abs=0.006)
+        assert 0.05 < float(rss) < 24 and len(result["kinds"]) == result["calls"]
+    assert rows["baseline"][6] == "1.00x" and float(rows["ours"][6].rstrip("x")) > 1  # 15 steps beat 50
+    assert "shallow" in raw["deep-cache"]["kinds"] and "shallow" not in raw["ours"]["kinds"]
 
 
 def test_train_step_smoke_prints_its_table_and_checks_gradients(cache_dir: Path, tmp_path: Path) -> None:
-    result = run_benchmark("train_step.py", cache_dir, "--work", str(tmp_path / "work"))
+    result = run_benchmark("train_step.py", cache_dir, "--work", str(tmp_path / "work"), "--out", str(tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
+    written = json.loads((tmp_path / "train_step.json").read_text())
+    assert written["command"].startswith("python benchmarks/train_step.py --smoke") and written["date"]
+    assert [r["loop"] for r in written["results"]] == ["naive", "ours"]
+    assert "| loop | images |" in (tmp_path / "train_step.md").read_text()
     assert "| loop | images |" in out and "naive (VAE encode per step)" in out and "ours (cached latents)" in out
     rows = [line for line in out.splitlines() if line.startswith(("| naive", "| ours"))]
     assert len(rows) == 2 and all("frozen with grad" not in row for row in rows)
     tensors = [row.split("|")[7].strip() for row in rows]
-    assert all(t.split("/")[0] == t.split("/")[1] for t in tensors), tensors  # every text-encoder tensor
+    assert all(t.split("/")[0] == t.split("/")[1] and int(t.split("/")[0]) > 0 for t in tensors), tensors
+    cells = [[c.strip() for c in row.split("|")[1:-1]] for row in rows]
+    steps = [float(c[3]) for c in cells]
+    assert all(0 < s < 60 for s in steps) and cells[0][4] == "1.00x"
+    assert float(cells[1][4].rstrip("x")) == pytest.approx(steps[0] / steps[1], rel=0.02)  # ratio of this run
+    assert all(0 <= float(c[5]) < 300 and 0.05 < float(c[7]) < 24 for c in cells)  # first-step s, peak GiB
 
 
-def test_adherence_smoke_judges_every_variant_on_the_same_prompts(cache_dir: Path) -> None:
-    result = run_benchmark("adherence.py", cache_dir, "--variants", "pndm-50", "default", "deep-cache")
+def test_adherence_smoke_judges_every_variant_on_the_same_prompts(cache_dir: Path, tmp_path: Path) -> None:
+    result = run_benchmark(
+        "adherence.py", cache_dir, "--variants", "pndm-50", "default", "deep-cache", "--out", str(tmp_path)
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
     assert "| variant | sampler | guidance | shape % | colour % | position % | mean % | vs first |" in out
@@ -53,3 +81,33 @@ def test_adherence_smoke_judges_every_variant_on_the_same_prompts(cache_dir: Pat
     assert "pndm x4, fp32, deep cache off" in rows["pndm-50"] and "+0.0" in rows["pndm-50"]
     assert "dpm++ x4" in rows["default"] and "deep cache interval=3" in rows["deep-cache"]
     assert "20 held-out base prompts" in out and "chance: shape 25.0%" in out
+    first_mean = None
+    for name in ("pndm-50", "default", "deep-cache"):
+        cells = [c.strip() for c in rows[name].split("|")[1:-1]]
+        shares = [float(c) for c in cells[3:7]]  # shape, colour, position, mean (%)
+        assert all(0 <= v <= 100 for v in shares)
+        assert shares[3] == pytest.approx(sum(shares[:3]) / 3, abs=0.06)
+        assert all(round(v / 5, 6) == round(v / 5) for v in shares[:3])  # shares of 20 prompts: steps of 5%
+        first_mean = shares[3] if first_mean is None else first_mean
+        assert float(cells[7]) == pytest.approx(shares[3] - first_mean, abs=0.11)
+    written = json.loads((tmp_path / "adherence.json").read_text())
+    assert [v["variant"] for v in written["results"]["variants"]] == ["pndm-50", "default", "deep-cache"]
+    assert all(0 <= v["adherence"]["mean"] <= 1 for v in written["results"]["variants"])
+
+
+def test_precision_cpu_smoke_writes_numbers_in_range(tmp_path: Path) -> None:
+    result = run_benchmark("precision_cpu.py", tmp_path / "cache", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "| matmul 256x256 |" in result.stdout and "native bf16:" in result.stdout
+    data = json.loads((tmp_path / "precision_cpu.json").read_text())
+    figures = data["results"]
+    assert data["machine"] and data["date"] and "precision_cpu.py --smoke" in data["command"]
+    assert isinstance(figures["native_bf16"], bool) and figures["threads"] == 1
+    assert [m["size"] for m in figures["matmul"]] == [128, 256]
+    for m in figures["matmul"]:
+        assert 0.01 < m["fp32_gflops"] < 1e5 and 0.01 < m["bf16_gflops"] < 1e5
+        assert abs(m["bf16_speedup"] - m["bf16_gflops"] / m["fp32_gflops"]) < 1e-9
+    unet = figures["unet"]
+    assert 0 < unet["fp32_s"] < 60 and 0 < unet["bf16_autocast_s"] < 60
+    assert abs(unet["bf16_over_fp32"] - unet["bf16_autocast_s"] / unet["fp32_s"]) < 1e-9
+    assert "| U-Net call (32/64 ch, 8x8 latents, batch 2) |" in (tmp_path / "precision_cpu.md").read_text()

@@ -1,23 +1,26 @@
-"""End to end in a real headless browser: `python app.py model=tiny` on a free loopback port, driven by
-Playwright through Debian's chromium (Playwright's own browser download is not possible here)."""
+"""End to end in a real headless browser: the app on the tiny model behind waitress on a free loopback port,
+driven by Playwright through Debian's chromium (Playwright's own browser download is not possible here).
+The real pipeline renders; a per-step delay makes the progress visible (tiny steps take milliseconds)."""
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import shutil
-import socket
-import subprocess
-import sys
+import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
-REPO = Path(__file__).resolve().parents[1]
+from ldm.generation.checkpoints import build_model
+from ldm.generation.loading import prepare_for_inference
+from ldm.serving.app import app_from_config
+from ldm.serving.server import make_waitress
+from tests.conftest import compose_config
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # Flags for a sandbox with no network: without the background-networking ones chromium keeps
 # trying (and failing) to reach Google's hosts.
@@ -43,40 +46,17 @@ pytestmark = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def app_url(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The real entry point in a subprocess, waited for on /healthz, stopped after the module."""
-    port, run_dir = free_port(), tmp_path_factory.mktemp("app")
-    command = [
-        sys.executable, "app.py", "model=tiny", f"port={port}", "threads=1",
-        f"paths.cache_dir={cache_dir}", f"hydra.run.dir={run_dir}",
-    ]  # fmt: skip
-    log = (run_dir / "app.out").open("w")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/healthz", timeout=2) as response:
-                    assert json.load(response)["model_loaded"] is True
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"app.py did not start:\n{(run_dir / 'app.out').read_text()}")
-                time.sleep(0.3)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-        log.close()
+def app_url(cache_dir: Path) -> Iterator[str]:
+    cfg = compose_config("app", ["model=tiny", f"paths.cache_dir={cache_dir}"])
+    model = build_model(cfg.model)
+    prepare_for_inference(model, torch.device("cpu"), "off")
+    app = app_from_config(cfg, model, step_hook=lambda job: time.sleep(0.15))
+    server = make_waitress(app, "127.0.0.1", 0, threads=8)
+    threading.Thread(target=server.run, daemon=True).start()
+    yield f"http://127.0.0.1:{server.effective_port}"
+    app.extensions["ldm_queue"].close()
+    server.close()
 
 
 @pytest.fixture(scope="module")
@@ -90,18 +70,41 @@ def page(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
         browser.close()
 
 
-def test_type_a_prompt_click_generate_and_see_the_image(page, app_url: str, tmp_path: Path) -> None:
+def bar_value(page) -> int:
+    return int(page.evaluate("document.getElementById('bar').value"))
+
+
+def test_watch_a_render_cancel_it_then_see_the_next_in_the_history(page, app_url: str) -> None:
+    expect = sync_api.expect
+    page.set_viewport_size({"width": 900, "height": 1000})
     page.goto(app_url)
     page.fill("#prompt", "a red circle on the left")
-    page.fill("#steps", "2")
+    page.fill("#steps", "40")
     page.fill("#seed", "7")
     page.click("#generate")
-    image = page.locator("#result")
-    sync_api.expect(image).to_have_attribute("src", re.compile(r"^blob:"), timeout=60_000)
-    sync_api.expect(image).to_be_visible()
-    assert page.evaluate("document.getElementById('result').naturalWidth") == 64
-    sync_api.expect(page.locator("#status")).to_contain_text("Seed 7")
-    page.screenshot(path=str(tmp_path / "generated.png"))
+    expect(page.locator("#status")).to_contain_text("Step ", timeout=30_000)
+    page.wait_for_function("document.getElementById('bar').value >= 2", timeout=30_000)
+    first_value, first_preview = bar_value(page), page.get_attribute("#preview", "data-step")
+    page.wait_for_function(f"document.getElementById('bar').value >= {first_value + 3}", timeout=30_000)
+    assert bar_value(page) > first_value  # the progress bar moves
+    page.wait_for_function(f"document.getElementById('preview').dataset.step > {first_preview or 0}")
+    assert page.evaluate("document.getElementById('preview').naturalWidth") == 8  # a preview image loaded
+    expect(page.locator("#status")).to_contain_text("left")
+    if os.environ.get("LDM_SCREENSHOT"):  # refresh docs/app.png: LDM_SCREENSHOT=1 pytest tests/test_browser.py
+        page.screenshot(path=str(DOCS / "app.png"), full_page=True)
+    page.click("#cancel")
+    expect(page.locator("#status")).to_contain_text("cancelled", timeout=30_000)
+    assert bar_value(page) < 40
+
+    page.fill("#steps", "3")
+    page.click("#generate")
+    figure = page.locator("#history figure.done-image")
+    expect(figure).to_have_count(1, timeout=60_000)
+    expect(figure).to_contain_text("a red circle on the left")
+    expect(figure).to_contain_text("seed 7 · 3 steps")
+    assert figure.locator("a").get_attribute("download") == "image-7.png"
+    assert page.evaluate("document.querySelector('#history img').naturalWidth") == 64
+    expect(page.locator("#status")).to_contain_text("Done: step 3/3")
 
 
 def test_a_refused_request_shows_a_readable_error(page, app_url: str) -> None:
@@ -111,3 +114,18 @@ def test_a_refused_request_shows_a_readable_error(page, app_url: str) -> None:
     page.fill("#steps", "500")
     page.click("#generate")
     sync_api.expect(page.locator("#error")).to_contain_text("steps=500: expected at most 50", timeout=30_000)
+
+
+def test_without_event_source_the_page_polls(page, app_url: str) -> None:
+    polling = page.context.new_page()  # a second tab of the same browser
+    try:
+        polling.add_init_script("delete window.EventSource")
+        polling.goto(app_url)
+        polling.fill("#prompt", "a blue square")
+        polling.fill("#steps", "4")
+        polling.fill("#seed", "3")
+        polling.click("#generate")
+        sync_api.expect(polling.locator("#history figure.done-image")).to_have_count(1, timeout=60_000)
+        sync_api.expect(polling.locator("#status")).to_contain_text("Done: step 4/4")
+    finally:
+        polling.close()

@@ -74,29 +74,61 @@ def test_data_options_instantiate(option: str, compose_train, flickr_root: Path,
 
 @pytest.mark.parametrize("option", _options("optimizer"))
 def test_optimizer_options_instantiate(option: str, compose_train) -> None:
-    optimizer = instantiate(compose_train(f"optimizer={option}").optimizer)(params=[torch.nn.Parameter(torch.ones(2))])
-    assert optimizer.param_groups[0]["lr"] > 0
+    cfg = compose_train(f"optimizer={option}").optimizer
+    optimizer = instantiate(cfg)(params=[torch.nn.Parameter(torch.ones(2))])
+    assert f"{type(optimizer).__module__}.{type(optimizer).__name__}".endswith(cfg._target_.rsplit(".", 1)[-1])
+    group = optimizer.param_groups[0]
+    for key, value in cfg.items():  # every value the YAML sets reaches the optimizer
+        if not key.startswith("_"):
+            assert group[key] == (tuple(value) if key == "betas" else value), key
 
 
 @pytest.mark.parametrize("option", _options("lr_scheduler"))
 def test_lr_scheduler_options_instantiate(option: str, compose_train) -> None:
-    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.ones(2))], lr=1e-5)
-    factory = instantiate(compose_train(f"lr_scheduler={option}").lr_scheduler)
-    scheduler = factory(optimizer=optimizer, num_training_steps=1000)
-    assert scheduler.get_last_lr()[0] <= 1e-5
+    """The schedule the YAML names, sized by num_training_steps: warm-up ramp, then constant or cosine decay."""
+    base, total = 1e-5, 1000
+    cfg = compose_train(f"lr_scheduler={option}").lr_scheduler
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.ones(2))], lr=base)
+    scheduler = instantiate(cfg)(optimizer=optimizer, num_training_steps=total)
+    lrs = []
+    for _ in range(total):
+        lrs.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    warmup = cfg.num_warmup_steps
+    assert lrs[warmup] == pytest.approx(base)
+    if warmup:
+        assert lrs[0] == 0 and lrs[warmup // 2] == pytest.approx(base / 2)
+    after = lrs[warmup + (total - warmup) // 2]
+    if cfg.name == "cosine":
+        assert after == pytest.approx(base / 2, rel=1e-2) and lrs[-1] < 1e-3 * base
+    else:
+        assert after == lrs[-1] == pytest.approx(base)
 
 
 @pytest.mark.parametrize("group", ["trainer", "callbacks", "logger"])
 def test_trainer_callbacks_logger_options_instantiate(group: str, compose_train) -> None:
-    for option in _options(group):
-        cfg = compose_train(f"{group}={option}", "trainer.accelerator=cpu")
-        if group == "trainer" and option == "fsdp":  # Lightning's FSDP refuses a CPU: build only its strategy
-            from lightning.pytorch.strategies import FSDPStrategy
+    from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 
-            assert isinstance(instantiate(cfg.trainer.strategy), FSDPStrategy)
-            continue
+    for option in _options(group):
+        cfg = compose_train(f"{group}={option}", "trainer.accelerator=cpu", "trainer.max_epochs=3")
         trainer = build_trainer(cfg)
-        assert trainer.max_epochs >= 1
+        assert trainer.max_epochs == 3 and trainer.gradient_clip_val == cfg.trainer.gradient_clip_val
+        assert trainer.accumulate_grad_batches == cfg.trainer.accumulate_grad_batches
+        strategy = DDPStrategy if cfg.trainer.strategy == "ddp" else SingleDeviceStrategy
+        assert type(trainer.strategy) is strategy, option
+        assert trainer.precision in ("bf16-mixed", "32-true")  # 16-mixed resolved for this CPU
+        built = {type(c).__name__ for c in trainer.callbacks}
+        wanted = {c._target_.rsplit(".", 1)[-1] for c in cfg.callbacks.values() if c is not None}
+        assert wanted <= built, wanted - built
+        assert [type(lg).__name__ for lg in trainer.loggers] == [
+            c._target_.rsplit(".", 1)[-1] for c in cfg.logger.values() if c is not None
+        ]
+
+
+def test_there_is_no_untested_fsdp_option() -> None:
+    """FSDP was removed (docs/multi-gpu.md says why): DDP is the multi-device path."""
+    assert _options("trainer") == ["ddp", "default"]
 
 
 def test_default_config_is_the_sd15_flickr8k_run(compose_train) -> None:
@@ -168,3 +200,36 @@ def test_multirun_gives_one_folder_per_run(tmp_path: Path, cache_dir: Path) -> N
         assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     lrs = [(run / ".hydra" / "overrides.yaml").read_text() for run in runs]
     assert "optimizer.lr=0.0001" in lrs[0] and "optimizer.lr=0.0003" in lrs[1]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["data=flickr30k"], r"trainer.max_steps=-1: expected an integer > 0 with streamed data \(data.hub.streaming"),
+        (["data=flickr30k", "trainer.max_steps=0"], r"trainer.max_steps=0: expected -1 \(no limit\) or an integer > 0"),
+        (
+            ["lr_scheduler=cosine", "trainer.max_epochs=-1"],
+            r"lr_scheduler.name='cosine' decays over the run's length, but trainer.max_epochs=-1 with "
+            r"trainer.max_steps=-1 has none: set trainer.max_steps",
+        ),
+    ],
+)
+def test_a_run_without_a_length_is_refused_before_any_model_loads(
+    overrides: list[str], message: str, compose_train, monkeypatch
+) -> None:
+    monkeypatch.setattr("ldm.training.module.load_components", lambda *a, **k: pytest.fail("a model was loaded"))
+    with pytest.raises(ConfigError, match=message):
+        validate_train_config(compose_train(*overrides))
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["data=flickr30k", "trainer.max_steps=100", "lr_scheduler=cosine"],  # a stream sized in steps
+        ["lr_scheduler=cosine", "trainer.max_epochs=-1", "trainer.max_steps=100"],
+        ["trainer.max_epochs=-1"],  # a constant schedule needs no length
+        ["data=flickr30k", "data.hub.streaming=false", "lr_scheduler=cosine"],  # downloaded: it has a length
+    ],
+)
+def test_a_run_with_a_length_passes(overrides: list[str], compose_train) -> None:
+    validate_train_config(compose_train(*overrides))

@@ -47,14 +47,12 @@ def eval_config(cache_dir: Path, checkpoint: Path | str, out_dir: Path, *overrid
     )
 
 
-def write_random_judge(folder: Path) -> Path | None:
-    """A random attribute classifier in the folder format of ldm.world's judge export (None: no ldm.world)."""
-    try:
-        from safetensors.torch import save_file
+def write_random_judge(folder: Path) -> Path:
+    """A random attribute classifier in the folder format of ldm.world's judge export."""
+    from safetensors.torch import save_file
 
-        from ldm.world.judge import AttributeCNN
-    except ImportError:
-        return None
+    from ldm.world.judge import AttributeCNN
+
     folder.mkdir(parents=True)
     torch.manual_seed(0)
     save_file(AttributeCNN(4, 64).state_dict(), folder / "model.safetensors")
@@ -67,7 +65,7 @@ def write_random_judge(folder: Path) -> Path | None:
 def evaluated(tiny_run: Path, cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
     out = tmp_path_factory.mktemp("eval")
     judge = write_random_judge(out / "judge")
-    cfg = eval_config(cache_dir, tiny_run / "checkpoints" / "last.ckpt", out, f"judge={judge or 'null'}")
+    cfg = eval_config(cache_dir, tiny_run / "checkpoints" / "last.ckpt", out, f"judge={judge}")
     return evaluate(cfg), out
 
 
@@ -94,8 +92,11 @@ def test_fid_is_inception_fid_or_skipped_with_the_reason(evaluated) -> None:
     except ImportError:  # this machine: torch-fidelity pulls in a torchvision that breaks torch
         assert "torch-fidelity is not installed" in fid["skipped"]
         assert "FID (Inception) ↓" in evaluated[0]["table"] and "skipped" in evaluated[0]["table"]
-    else:
-        assert "skipped" in fid or {"base", "finetuned"} <= set(fid)
+    else:  # installed: offline it may only lack the Inception weights, and must say so; else two numbers
+        if "skipped" in fid:
+            assert "fid.inception_weights=PATH" in fid["skipped"], fid
+        else:
+            assert all(isinstance(fid[v], float) and 0 <= fid[v] < float("inf") for v in ("base", "finetuned"))
 
 
 def test_the_grid_shows_each_prompt_for_both_variants(evaluated) -> None:
@@ -106,8 +107,7 @@ def test_the_grid_shows_each_prompt_for_both_variants(evaluated) -> None:
 
 def test_the_judge_scores_adherence_on_the_shapes_world(evaluated) -> None:
     adherence = evaluated[0]["metrics"].get("adherence")
-    if adherence is None:
-        pytest.skip("ldm.world (the shapes world and its judge) is not in this tree")
+    assert adherence is not None, "judge= was given but eval.json has no adherence"
     assert adherence["judged_prompts"] == 3 and adherence["unreadable_prompts"] == 0
     for variant in ("base", "finetuned"):
         assert set(adherence[variant]) == {"shape", "colour", "position", "mean"}
@@ -223,3 +223,64 @@ def test_evaluate_py_without_a_checkpoint_says_so(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "error: checkpoint=None: expected the checkpoint to evaluate" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+class ChannelMeans(torch.nn.Module):
+    """uint8 (B, 3, H, W) -> (B, 3) channel means: a feature network whose features are known exactly."""
+
+    num_features = 3
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return images.double().mean(dim=(2, 3))
+
+
+def flat_images(colours: list[tuple[int, int, int]]) -> torch.Tensor:
+    return torch.tensor(colours, dtype=torch.uint8)[:, :, None, None].expand(-1, -1, 8, 8).contiguous()
+
+
+def test_frechet_distance_matches_the_closed_form_for_gaussians() -> None:
+    """FD = |mu1 - mu2|^2 + Tr(S1 + S2 - 2 (S1 S2)^1/2): a shift by d gives |d|^2; spreading every feature
+    twice as wide about the same mean (S2 = 4 S1) gives Tr(S1). Real statistics are kept across fake sets."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    real = [(100 + 10 * i, 60 + 5 * i, 200 - 20 * i) for i in range(5)]  # means (120, 70, 160)
+    variances = torch.tensor(real, dtype=torch.float64).var(dim=0)  # unbiased, as FID's covariance
+    shifted = [(r + 10, g - 20, b + 5) for r, g, b in real]
+    spread = [(2 * r - 120, 2 * g - 70, 2 * b - 160) for r, g, b in real]
+    metric = FrechetInceptionDistance(feature=ChannelMeans(), reset_real_features=False)
+    distances = metrics.frechet_distances(
+        metric,
+        [flat_images(real)],
+        {"shifted": flat_images(shifted), "spread": flat_images(spread), "same": flat_images(real)},
+        torch.device("cpu"),
+    )
+    assert distances["shifted"] == pytest.approx(10**2 + 20**2 + 5**2, rel=1e-4)
+    assert distances["spread"] == pytest.approx(float(variances.sum()), rel=1e-4)
+    assert distances["same"] == pytest.approx(0, abs=1e-3)
+
+
+def test_clip_score_matches_cosine_similarity_computed_by_hand(cache_dir: Path, tmp_path: Path) -> None:
+    """torchmetrics' CLIPScore: 100 x cos(image, text) of the backbone's projected features, averaged over the
+    pairs, then floored at 0 (the floor applies to the average)."""
+    from ldm.evaluation.backbones import load_backbone
+
+    cfg = eval_config(cache_dir, "x", tmp_path)
+    adapter, processor = load_backbone(cfg.backbones.tiny_b)
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8, generator=generator)
+    prompts = ["a red circle", "a blue square on the left", "two dogs", "a green triangle", "a cat", "sunset"]
+    with torch.no_grad():
+        pixels = processor(images=list(images), return_tensors="pt")["pixel_values"]
+        tokens = processor(text=prompts, return_tensors="pt", padding=True)
+        image_features = adapter.model.get_image_features(pixel_values=pixels)
+        text_features = adapter.model.get_text_features(**tokens)
+        image_features = getattr(image_features, "pooler_output", image_features)
+        text_features = getattr(text_features, "pooler_output", text_features)
+        cosine = torch.nn.functional.cosine_similarity(image_features, text_features, dim=-1)  # (6,)
+    for chosen in ([0, 1, 2, 4], list(range(6))):
+        expected = max(float(100 * cosine[chosen].mean()), 0.0)
+        score = metrics.clip_score(
+            adapter, processor, images[chosen], [prompts[i] for i in chosen], torch.device("cpu")
+        )
+        assert score == pytest.approx(expected, rel=1e-4, abs=1e-4), chosen
+    assert 100 * cosine[[0, 1, 2, 4]].mean() > 1 and 100 * cosine.mean() < 0  # a value, and the floor

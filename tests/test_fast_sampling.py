@@ -82,12 +82,14 @@ def model(cfg):
     return module
 
 
-def render(model, cfg, options: FastSampling | None, steps: int = 6) -> tuple[np.ndarray, dict[str, Any]]:
+def render(
+    model, cfg, options: FastSampling | None, steps: int = 6, seed: int = 3
+) -> tuple[np.ndarray, dict[str, Any]]:
     """One 64 px image of the tiny model with `options` installed (then removed again)."""
     fast_sampling.install(model, options)
     try:
         base = SampleSettings.from_config(cfg, ("a red circle on the left",))
-        settings = SampleSettings(**{**base.__dict__, "steps": steps, "seed": 3})
+        settings = SampleSettings(**{**base.__dict__, "steps": steps, "seed": seed})
         (image,) = generate(model, settings)
     finally:
         fast_sampling.install(model, None)
@@ -101,11 +103,42 @@ def test_deep_cache_interval_1_gives_the_plain_image(model, cfg) -> None:
     assert info["precision"] == same_info["precision"] == "fp32" and same_info["deep_cache"] == "off"
 
 
-def test_deep_cache_reuses_features_and_still_renders(model, cfg) -> None:
+@pytest.mark.parametrize("branch", [0, 1])
+def test_deep_cache_reuses_features_and_stays_close_to_the_plain_image(model, cfg, branch: int) -> None:
+    """An approximation, not garbage: measured 1.9 (branch 0) and 1.3 (branch 1) mean 8-bit levels from the
+    plain image, against 37 for the same prompt under another seed."""
     plain, _ = render(model, cfg, None)
-    cached, info = render(model, cfg, FastSampling(autocast_bf16=False, interval=3, branch=0))
-    assert cached.shape == plain.shape and not np.array_equal(cached, plain)
-    assert info["deep_cache"] == "interval=3,branch=0"
+    cached, info = render(model, cfg, FastSampling(autocast_bf16=False, interval=3, branch=branch))
+    other_seed, _ = render(model, cfg, None, seed=4)
+    distance = np.abs(cached - plain).mean()
+    assert cached.shape == plain.shape and distance > 0  # the cache was used ...
+    assert distance < 6 and distance < 0.2 * np.abs(other_seed - plain).mean()  # ... and kept the picture
+    assert info["deep_cache"] == f"interval=3,branch={branch}"
+
+
+def test_both_sides_of_guidance_are_encoded_under_the_same_precision(model, cfg, monkeypatch) -> None:
+    """With bf16 autocast the negative prompt must be encoded inside it too (issue 13, item 4): the same
+    text then gives bit-identical conditional and unconditional embeddings."""
+    calls: list[tuple[bool, torch.Tensor]] = []
+    real = type(model).encode_text
+
+    def spy(ids: torch.Tensor) -> torch.Tensor:
+        out = real(model, ids)
+        calls.append((torch.is_autocast_enabled("cpu"), out))
+        return out
+
+    monkeypatch.setattr(model, "encode_text", spy)
+    with nullcontext() if cpu_has_native_bf16() else pytest.warns(UserWarning, match="20-150x slower"):
+        options = FastSampling.from_config("bf16", {"interval": 1, "branch": 0}, torch.device("cpu"))
+    fast_sampling.install(model, options)
+    try:
+        base = SampleSettings.from_config(cfg, ("a red circle on the left",))
+        settings = SampleSettings(**{**base.__dict__, "steps": 1, "seed": 3, "negative_prompt": base.prompts[0]})
+        generate(model, settings)
+    finally:
+        fast_sampling.install(model, None)
+    assert len(calls) == 2 and [enabled for enabled, _ in calls] == [True, True]
+    assert torch.equal(calls[0][1], calls[1][1])
 
 
 def test_deep_cache_calls_full_then_shallow_per_generation(model, cfg, monkeypatch) -> None:
@@ -124,7 +157,7 @@ def test_deep_cache_calls_full_then_shallow_per_generation(model, cfg, monkeypat
 
 def test_bf16_autocast_renders_close_to_fp32(model, cfg) -> None:
     plain, _ = render(model, cfg, None)
-    with nullcontext() if cpu_has_native_bf16() else pytest.warns(UserWarning, match="20-150x slower"):
+    with nullcontext() if cpu_has_native_bf16() else pytest.warns(UserWarning, match="17-374x slower"):
         options = FastSampling.from_config("bf16", {"interval": 1, "branch": 0}, torch.device("cpu"))
     fast, info = render(model, cfg, options, steps=2)
     plain2, _ = render(model, cfg, None, steps=2)

@@ -129,3 +129,36 @@ def test_no_reference_outside_the_repository():
         if "DESIGN.md" in p.read_text() or "../shared" in p.read_text()
     ]
     assert not cited, f"these cite files that are not in the repository: {cited}"
+
+
+def test_readme_reads_in_five_minutes():
+    lines = (ROOT / "README.md").read_text().splitlines()
+    assert len(lines) <= 250, f"README.md has {len(lines)} lines: move detail into docs/"
+
+
+def table_rows(page: Path) -> list[str]:
+    """A page's markdown table data rows (below a table's |---| line), stripped."""
+    rows, in_body = [], False
+    for line in page.read_text().splitlines():
+        is_row = line.startswith("|")
+        if is_row and in_body:
+            rows.append(line.strip())
+        in_body = is_row and (in_body or set(line.strip()) <= set("|-: "))
+    return rows
+
+
+def test_every_table_row_lives_in_one_file():
+    seen: dict[str, Path] = {}
+    copied = []
+    for page in markdown_files():
+        for row in set(table_rows(page)):
+            if row in seen:
+                copied.append(f"{row[:60]} in {seen[row].relative_to(ROOT)} and {page.relative_to(ROOT)}")
+            seen.setdefault(row, page)
+    assert not copied, "a figure copied by hand into two files; link the one file instead:\n" + "\n".join(copied)
+
+
+def test_table_row_check_sees_a_copied_row(tmp_path):
+    page = tmp_path / "a.md"
+    page.write_text("| h1 | h2 |\n|---|---|\n| 1.44x | 8.22 |\n")
+    assert table_rows(page) == ["| 1.44x | 8.22 |"]

@@ -110,6 +110,7 @@ def test_training_on_a_stream(compose_train, hub_folder: Path, tmp_path: Path, m
             "data.batch_size=4",
             "data.num_workers=0",
             "trainer.max_epochs=1",
+            "trainer.max_steps=10",  # a stream has no length: required (ldm/config.py check_run_length)
         )
     )
     assert trainer.global_step == 3  # 10 usable rows, batch 4: an epoch ends when the stream does

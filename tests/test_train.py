@@ -195,6 +195,6 @@ def test_16_mixed_on_cpu_is_resolved_with_one_warning(compose_train) -> None:
 
     cfg = compose_train()
     assert cfg.trainer.precision == "16-mixed"
-    with pytest.warns(UserWarning, match="fp16 AMP is not supported on CPU"):
+    with pytest.warns(UserWarning, match="is the GPU default"):
         trainer = build_trainer(cfg)
     assert trainer.precision == ("bf16-mixed" if cpu_has_native_bf16() else "32-true")

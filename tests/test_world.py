@@ -5,8 +5,10 @@ the cached re-run, the stage-2 diffusers folder and report.json. The numbers of 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline
@@ -17,11 +19,15 @@ from transformers import CLIPTokenizer
 
 from ldm.assets import CLIP_TOKENIZER_DIR
 from ldm.data.datamodule import Flickr8kDataModule
+from ldm.generation.checkpoints import build_model
+from ldm.generation.loading import prepare_for_inference
 from ldm.training.run import build_module
-from ldm.world.export import JudgeNotGoodEnough
+from ldm.world.adherence import SamplingPlan, eval_prompts, render, score
+from ldm.world.export import JudgeNotGoodEnough, load_judge
 from ldm.world.generator import VOCABULARY_ROOTS, write_world
 from ldm.world.judge import jitter_colours
 from ldm.world.pipeline import PIPELINE_PARTS
+from ldm.world.report import format_table
 from ldm.world.scenes import all_combinations
 from ldm.world.stages import run_all
 from ldm.world.vocab import ATTRIBUTES, BASE, NEW, VOCABULARIES, parse_caption
@@ -199,7 +205,12 @@ def test_report_has_its_fields(stages) -> None:
     for stage in report["adherence"].values():
         assert set(stage) == {"base", "new"}
         for scores in stage.values():
-            assert set(scores) == {*ATTRIBUTES, "mean"} and all(0.0 <= v <= 1.0 for v in scores.values())
+            assert set(scores) == {*ATTRIBUTES, "mean", "n", "ci95"} and scores["n"] == 4
+            shares = {k: scores[k] for k in (*ATTRIBUTES, "mean")}
+            assert all(v * 4 == round(v * 4) for k, v in shares.items() if k != "mean")  # shares of 4 images
+            assert scores["mean"] == pytest.approx(sum(scores[a] for a in ATTRIBUTES) / 3)
+            for key, value in shares.items():
+                assert scores["ci95"][key] == pytest.approx(wilson_by_search(value, 4), abs=1e-4), key
     assert report["chance"] == pytest.approx({"shape": 1 / 4, "colour": 1 / 6, "position": 1 / 5})
     assert set(report["judge"]["accuracy"]) == {"renders", "reconstructions"}
     assert {"scheduler", "steps", "guidance_scale", "seed"} <= set(report["sampling"])
@@ -210,5 +221,52 @@ def test_report_has_its_fields(stages) -> None:
         "after_stage3_on_new_prompts",
         "base_prompts_drop",
     }
+    before, after = report["adherence"]["base_model"], report["adherence"]["after_stage3"]
+    checks = report["checks"]
+    assert checks["after_stage3_on_new_prompts"]["value"] == after["new"]["mean"]
+    assert checks["after_stage3_on_new_prompts"]["met"] == (after["new"]["mean"] >= 0.80)  # the point estimate
+    assert checks["base_prompts_drop"]["value"] == pytest.approx(before["base"]["mean"] - after["base"]["mean"])
+    for check in checks.values():
+        low, high = check["ci95"]
+        assert low <= check["value"] <= high
+    assert "95% Wilson interval" in format_table(report)
     assert (runs / "second" / "grid.png").is_file()
     assert (runs / "second" / "final_model" / "text_encoder").is_dir()
+
+
+def wilson_by_search(share: float, n: int, z: float = 1.96) -> list[float]:
+    """The Wilson interval by its definition: every p whose score test |share - p| <= z sd(p) accepts."""
+    grid = np.linspace(0, 1, 200_001)
+    accepted = grid[np.abs(share - grid) <= z * np.sqrt(grid * (1 - grid) / n)]
+    return [float(accepted.min()), float(accepted.max())]
+
+
+def test_report_numbers_are_the_judged_images_of_the_exported_model(stages) -> None:
+    """Re-render the report's prompts with the exported model and its recorded seeds: the same scores."""
+    shapes, runs, _ = stages
+    report = json.loads((runs / "second" / "report.json").read_text())
+    sampling = report["sampling"]
+    judge, _ = load_judge(shapes / "judge")
+    module = build_model(compose_config("sample", []).model, runs / "second" / "final_model")
+    prepare_for_inference(module, torch.device("cpu"), "off")
+    plan = SamplingPlan(sampling["steps"], sampling["guidance_scale"], sampling["scheduler"], sampling["seed"], 2)
+    with torch_threads(1):
+        for vocab in VOCABULARIES:
+            prompts = eval_prompts(vocab, 4, sampling["templates"], sampling["seed"])
+            assert [p.text for p in prompts] == report["prompts"][vocab]
+            scores = score(judge, render(module, prompts, plan, desc=vocab), prompts)
+            assert scores == {k: report["adherence"]["after_stage3"][vocab][k] for k in scores}, vocab
+
+
+def test_adherence_gives_each_prompt_its_own_seed(cache_dir: Path) -> None:
+    """One noise draw per prompt (issue 13, item 5): the same text twice in one batch gives two images."""
+    prompts = eval_prompts("new", 120, "held_out", seed=5)
+    assert [p.seed for p in prompts] == list(range(5, 125))
+    module = build_model(compose_config("sample", ["model=tiny", f"paths.cache_dir={cache_dir}"]).model)
+    prepare_for_inference(module, torch.device("cpu"), "off")
+    twins = [prompts[0], replace(prompts[0], seed=prompts[1].seed)]
+    first, second = render(module, twins, SamplingPlan(2, 3.0, "ddim", 5, batch_size=2), desc="twins")
+    (alone,) = render(module, twins[1:], SamplingPlan(2, 3.0, "ddim", 5, batch_size=1), desc="alone")
+    first, second, alone = (np.asarray(im, dtype=np.int16) for im in (first, second, alone))
+    assert np.abs(first - second).mean() > 10  # two noise draws, not one
+    assert np.abs(alone - second).max() <= 1  # its own seed, whatever its place in the batch (up to rounding)

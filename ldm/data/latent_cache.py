@@ -39,7 +39,7 @@ from ldm.data.images import DECODE_ERRORS
 log = logging.getLogger(__name__)
 
 # Bump when ImageTransform's pixels change (resize filter, draft decoding, scaling): old entries then miss.
-PIXEL_PIPELINE_VERSION = "1"
+PIXEL_PIPELINE_VERSION = "2"  # 2: EXIF orientation applied
 TENSOR = "moments"
 ENCODE_BATCH = 8  # images per VAE call while filling: encoder activations at 512 px are ≈ 0.5 GB an image
 

@@ -61,19 +61,35 @@ def _require(path: Path, what: str) -> Path:
     return path
 
 
+def warn_empty_captions(path: Path, linenos: list[int]) -> None:
+    """One warning for all empty caption lines of a file: each costs its image one caption, not the run."""
+    if linenos:
+        shown = ", ".join(map(str, linenos[:5])) + (", ..." if len(linenos) > 5 else "")
+        warnings.warn(
+            f"Flickr8k captions {path}: skipped {len(linenos)} empty caption line(s) (line {shown}); "
+            "their images keep their other captions",
+            stacklevel=3,
+        )
+
+
 def read_token_file(path: Path) -> dict[str, list[str]]:
-    """`name.jpg#N<TAB>caption` lines -> {name: [captions in N order]}."""
+    """`name.jpg#N<TAB>caption` lines -> {name: [captions in N order]}; an empty caption is skipped and counted."""
     captions: dict[str, dict[int, str]] = {}
+    empty: list[int] = []
     with open(path, encoding="utf-8-sig") as f:
         for lineno, line in enumerate(f, start=1):
             line = line.rstrip("\r\n")
             if not line.strip():
                 continue
             key, tab, caption = line.partition("\t")
-            name, hash_, n = key.rpartition("#")
-            if not tab or not hash_ or not name or not n.isdigit() or not caption.strip():
+            name, hash_, n = key.strip().rpartition("#")
+            if hash_ and name and n.isdigit() and not caption.strip():
+                empty.append(lineno)  # `name.jpg#N` with nothing (or only spaces) after it
+                continue
+            if not tab or not hash_ or not name or not n.isdigit():
                 raise ValueError(f"{path}:{lineno}: expected 'image.jpg#N<TAB>caption', got {line!r}")
             captions.setdefault(name, {})[int(n)] = caption.strip()
+    warn_empty_captions(path, empty)
     return {name: [c for _, c in sorted(by_n.items())] for name, by_n in captions.items()}
 
 
@@ -83,8 +99,10 @@ def read_split_file(path: Path) -> list[str]:
 
 
 def read_captions_csv(path: Path) -> dict[str, list[str]]:
-    """Kaggle `image,caption` CSV -> {name: [captions in file order]}. Captions may hold quoted commas."""
+    """Kaggle `image,caption` CSV -> {name: [captions in file order]}. Captions may hold quoted commas;
+    an empty one (`name.jpg,`) is skipped and counted."""
     captions: dict[str, list[str]] = {}
+    empty: list[int] = []
     with open(path, encoding="utf-8-sig", newline="") as f:
         reader = csv.reader(f)
         header = next(reader, None)
@@ -93,9 +111,13 @@ def read_captions_csv(path: Path) -> dict[str, list[str]]:
         for row in reader:
             if not row:
                 continue
-            if len(row) != 2 or not row[0].strip() or not row[1].strip():
+            if len(row) == 2 and row[0].strip() and not row[1].strip():
+                empty.append(reader.line_num)
+                continue
+            if len(row) != 2 or not row[0].strip():
                 raise ValueError(f"{path}:{reader.line_num}: expected 2 fields 'image,caption', got {row!r}")
             captions.setdefault(row[0].strip(), []).append(row[1].strip())
+    warn_empty_captions(path, empty)
     return captions
 
 

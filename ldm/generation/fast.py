@@ -2,7 +2,7 @@
 
 Why these two: a CFG U-Net call already runs near the machine's matmul roof in fp32 (docs/design.md), so speed
 comes from cheaper arithmetic or less work. bf16 matmuls run about 2.5x faster than fp32 on CPUs with
-AVX512-BF16/AMX (and 20-150x slower on CPUs without, so `auto` picks fp32 there). DeepCache (Ma et al.,
+AVX512-BF16/AMX (and 17-374x slower on CPUs without, so `auto` picks fp32 there). DeepCache (Ma et al.,
 2023) is training-free: the deep U-Net features change little between neighbouring steps, so a full call
 every `interval` calls keeps the feature entering the last up block's shallow layers, and the calls in
 between run only the shallow layers at full resolution and reuse it. `interval=1` runs every call in full,
@@ -49,7 +49,7 @@ class FastSampling:
         check_config(dtype, deep_cache)
         autocast = device.type == "cpu" and (dtype == "bf16" or (dtype == "auto" and cpu_has_native_bf16()))
         if autocast and dtype == "bf16" and not cpu_has_native_bf16():
-            warnings.warn("dtype=bf16 on a CPU without AVX512-BF16/AMX runs 20-150x slower than fp32", stacklevel=2)
+            warnings.warn("dtype=bf16 on a CPU without AVX512-BF16/AMX runs 17-374x slower than fp32", stacklevel=2)
         return cls(autocast, int(deep_cache["interval"]), int(deep_cache["branch"]))
 
     @property

@@ -82,6 +82,7 @@ def generate(
     checkpoint: str | None = None,
     progress: bool = False,
     on_step: Callable[..., dict] | None = None,
+    prompt_seeds: Sequence[int] | None = None,
 ) -> list[Image.Image]:
     """Render `num_images` per prompt (seeds seed, seed+1, ...); each image's `.info` holds its metadata.
 
@@ -89,12 +90,15 @@ def generate(
     live module. Noise comes from per-image CPU generators: the same seed gives the same image whatever
     the batch size or device. The options `load_for_inference` installed (bf16 autocast, DeepCache) apply
     to each pipeline call. `on_step` is diffusers' `callback_on_step_end(pipe, step, timestep, kwargs)`.
+    `prompt_seeds` gives each prompt its own first seed instead of `settings.seed` (adherence: independent noise).
     """
     validate_settings(settings)
     warn_if_truncated(model.tokenizer, (*settings.prompts, settings.negative_prompt))
     seed = random.SystemRandom().randint(0, MAX_SEED) if settings.seed is None else settings.seed
     height, width = settings.height or native_size(model), settings.width or native_size(model)
-    jobs = [(prompt, seed + i) for prompt in settings.prompts for i in range(settings.num_images)]
+    firsts = [seed] * len(settings.prompts) if prompt_seeds is None else list(prompt_seeds)
+    pairs = zip(settings.prompts, firsts, strict=True)
+    jobs = [(prompt, first + i) for prompt, first in pairs for i in range(settings.num_images)]
     options = fast.installed(model)
     base_info = {
         "negative_prompt": settings.negative_prompt,
@@ -113,11 +117,12 @@ def generate(
     try:
         pipe = build_pipeline(model, settings.scheduler)
         pipe.set_progress_bar_config(disable=not progress)
-        negative = encode_prompts(model, [settings.negative_prompt])  # (1, 77, D)
         images: list[Image.Image] = []
         for start in range(0, len(jobs), settings.batch_size):
             batch = jobs[start : start + settings.batch_size]
             with options.active(model.unet) if options else nullcontext():
+                # both sides of guidance encoded under the same autocast, so they share one precision
+                negative = encode_prompts(model, [settings.negative_prompt])  # (1, 77, D)
                 output = pipe(
                     prompt_embeds=encode_prompts(model, [prompt for prompt, _ in batch]),  # (B, 77, D)
                     negative_prompt_embeds=negative.expand(len(batch), -1, -1),

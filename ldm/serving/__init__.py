@@ -1,1 +1,2 @@
-"""Serving: the Flask app and its render queue (templates/ holds the page)."""
+"""Serving: the Flask app (app.py: routes), jobs and their render worker (jobs.py, worker.py), request fields
+(forms.py), protections (security.py), the WSGI server (server.py); templates/ holds the page."""

@@ -121,12 +121,12 @@ class TextEncoderFineTuner(L.LightningModule):
         return self
 
     def setup(self, stage: str) -> None:
-        """Under 16-mixed on GPU run frozen parts in fp16; trainable weights stay fp32 for AMP.
+        """Frozen parts take the dtype of the precision actually in use (the trainer's precision plugin):
+        fp16 under 16-mixed, bf16 under bf16-mixed, fp32 otherwise; trainable weights stay fp32 for AMP.
 
-        On CPU the frozen weights stay fp32 (autocast picks per-op dtypes), so they stay bit-identical.
+        Why the plugin, not the device: whatever decides the precision (`resolve_precision` for users, an
+        explicit plugin in a test), the cast that follows is the same on a CPU and on a GPU.
         """
-        if self.trainer.strategy.root_device.type == "cpu":
-            return
         dtype = frozen_weight_dtype(str(self.trainer.precision))
         for name in self.frozen_names:
             getattr(self, name).to(dtype=dtype)

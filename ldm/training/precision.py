@@ -1,8 +1,10 @@
 """Pick a training precision that actually runs fast on the machine at hand.
 
 Why: Lightning silently turns `16-mixed` on a CPU into `bf16-mixed`, and on a CPU without a bf16 unit
-(no AVX512-BF16, no AMX) bf16 is emulated and ran 20-150x slower than fp32 (docs/design.md). So the GPU default
-`16-mixed` resolves to `32-true` on such a CPU, with one warning that says why.
+(no AVX512-BF16, no AMX) bf16 is emulated and ran 17-374x slower than fp32 (docs/design.md). So the GPU default
+`16-mixed` resolves to `32-true` on such a CPU, with one warning that says why. Only the *string* is
+resolved: an explicit `MixedPrecision("16-mixed", "cpu")` plugin still runs fp16 AMP on a CPU (tests do, to
+run the GPU path), and the module casts its frozen parts by the plugin in use, never by the device.
 """
 
 from __future__ import annotations
@@ -35,9 +37,9 @@ def resolve_precision(precision: str | int, accelerator: str, native_bf16: bool 
     if native_bf16:
         resolved, why = "bf16-mixed", "this CPU has a native bf16 unit"
     else:
-        resolved, why = "32-true", "this CPU has no bf16 unit (AVX512-BF16/AMX), where bf16 runs 20-150x slower"
+        resolved, why = "32-true", "this CPU has no bf16 unit (AVX512-BF16/AMX), where bf16 runs 17-374x slower"
     warnings.warn(
-        f"trainer.precision={precision} needs a GPU (fp16 AMP is not supported on CPU); "
+        f"trainer.precision={precision} is the GPU default (on a CPU Lightning would run it as bf16-mixed); "
         f"using precision={resolved!r} because {why}. Set trainer.precision explicitly to override.",
         stacklevel=2,
     )

@@ -19,7 +19,16 @@ from PIL import Image, ImageDraw
 
 from ldm.generation.output import make_grid
 from ldm.training.module import TextEncoderFineTuner
-from ldm.world.adherence import Prompt, SamplingPlan, chance_levels, eval_prompts, render, score
+from ldm.world.adherence import (
+    Prompt,
+    SamplingPlan,
+    chance_levels,
+    difference_interval,
+    eval_prompts,
+    render,
+    score,
+    with_intervals,
+)
 from ldm.world.export import load_judge
 from ldm.world.vocab import ATTRIBUTES, VOCABULARIES
 
@@ -27,52 +36,80 @@ log = logging.getLogger(__name__)
 STAGES = {"base_model": "base model", "after_stage3": "after stage 3"}
 
 
+def _triple(row: Mapping[str, Any]) -> tuple[float, float, float]:
+    """(mean, low, high) of one row of adherence: the point estimate and its 95% interval."""
+    low, high = row["ci95"]["mean"]
+    return row["mean"], low, high
+
+
 def check_targets(adherence: Mapping[str, Any], targets: Mapping[str, float]) -> dict[str, dict[str, Any]]:
-    """The issue's targets, each with the value reached and whether it is met."""
+    """The issue's targets, each with the value reached, its 95% interval and whether it is met.
+
+    A target is judged on the point estimate; the interval is shown beside it, so a target met (or missed)
+    by less than the interval's width reads as the coin toss it is.
+    """
     before, after = adherence.get("base_model"), adherence.get("after_stage3")
     checks: dict[str, dict[str, Any]] = {}
     if before:
-        value = before["base"]["mean"]
+        value, low, high = _triple(before["base"])
         checks["base_model_on_base_prompts"] = {
             "value": value,
+            "ci95": [low, high],
             "min": targets["base_min"],
             "met": value >= targets["base_min"],
         }
-        value = before["new"]["mean"]
+        value, low, high = _triple(before["new"])
         chance = sum(chance_levels().values()) / len(ATTRIBUTES)
         near = abs(value - chance) <= targets["new_before_max_above_chance"]
-        checks["base_model_on_new_prompts_near_chance"] = {"value": value, "chance": chance, "met": near}
+        checks["base_model_on_new_prompts_near_chance"] = {
+            "value": value,
+            "ci95": [low, high],
+            "chance": chance,
+            "met": near,
+        }
     if before and after:
-        value = after["new"]["mean"]
+        value, low, high = _triple(after["new"])
         checks["after_stage3_on_new_prompts"] = {
             "value": value,
+            "ci95": [low, high],
             "min": targets["new_after_min"],
             "met": value >= targets["new_after_min"],
         }
         drop = before["base"]["mean"] - after["base"]["mean"]
         checks["base_prompts_drop"] = {
             "value": drop,
+            "ci95": list(difference_interval(_triple(before["base"]), _triple(after["base"]))),
             "max": targets["base_drop_max"],
             "met": drop <= targets["base_drop_max"],
         }
     return checks
 
 
+def _cell(row: Mapping[str, Any], key: str) -> str:
+    low, high = row["ci95"][key]
+    return f"{row[key]:>6.1%} [{low:>3.0%},{high:>4.0%}]"
+
+
 def format_table(report: Mapping[str, Any]) -> str:
-    """Plain-text table of adherence by stage and vocabulary (what the demo prints and the README shows)."""
+    """Plain-text table of adherence by stage and vocabulary, each share with its 95% Wilson interval."""
     chance = report["chance"]
-    head = f"{'stage':<15}{'prompts':<9}" + "".join(f"{a:>10}" for a in ATTRIBUTES) + f"{'mean':>10}"
+    width = 20
+    head = f"{'stage':<15}{'prompts':<9}{'n':>5}" + "".join(f"{a:>{width}}" for a in (*ATTRIBUTES, "mean"))
     lines = [head, "-" * len(head)]
     for stage, label in STAGES.items():
         for vocab in VOCABULARIES:
             row = report["adherence"].get(stage, {}).get(vocab)
             if row is not None:
-                cells = "".join(f"{row[a]:>10.1%}" for a in (*ATTRIBUTES, "mean"))
-                lines.append(f"{label:<15}{vocab:<9}{cells}")
+                cells = "".join(f"{_cell(row, a):>{width}}" for a in (*ATTRIBUTES, "mean"))
+                lines.append(f"{label:<15}{vocab:<9}{row['n']:>5}{cells}")
     mean_chance = sum(chance.values()) / len(chance)
-    lines.append(f"{'chance':<24}" + "".join(f"{chance[a]:>10.1%}" for a in ATTRIBUTES) + f"{mean_chance:>10.1%}")
+    lines.append(
+        f"{'chance':<29}" + "".join(f"{chance[a]:>{width}.1%}" for a in ATTRIBUTES) + f"{mean_chance:>{width}.1%}"
+    )
+    lines.append("[low, high]: 95% Wilson interval; targets are judged on the point estimate")
     for name, check in report.get("checks", {}).items():
-        lines.append(f"{'met ' if check['met'] else 'MISSED'} {name}: {check['value']:.1%}")
+        low, high = check["ci95"]
+        lines.append(f"{'met ' if check['met'] else 'MISSED'} {name}: {check['value']:.1%} [{low:.1%}, {high:.1%}]")
     return "\n".join(lines)
 
 
@@ -115,7 +152,7 @@ class AdherenceReport(L.Callback):
         self.judge_dir = judge
         self.out_dir = Path(out_dir)
         self.plan = SamplingPlan(steps, guidance_scale, scheduler, seed, batch_size)
-        self.prompts = {v: eval_prompts(v, prompts_per_vocabulary, templates, seed, batch_size) for v in VOCABULARIES}
+        self.prompts = {v: eval_prompts(v, prompts_per_vocabulary, templates, seed) for v in VOCABULARIES}
         self.templates = templates
         self.grid_prompts = grid_prompts
         self.grid_scale = grid_scale
@@ -144,7 +181,7 @@ class AdherenceReport(L.Callback):
         for vocab in vocabularies:
             prompts: list[Prompt] = self.prompts[vocab]
             images = render(module, prompts, self.plan, desc=f"adherence {STAGES.get(stage, stage)}, {vocab} prompts")
-            result[vocab] = score(self.judge, images, prompts)
+            result[vocab] = with_intervals(score(self.judge, images, prompts), len(prompts))
             self.grid_images.setdefault(stage, {})[vocab] = images[: self.grid_prompts]
         self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
         return result
@@ -193,7 +230,7 @@ class AdherenceReport(L.Callback):
                 "steps": self.plan.steps,
                 "guidance_scale": self.plan.guidance_scale,
                 "seed": self.plan.seed,
-                "seeds": "prompt i uses seed + i // batch_size",
+                "seeds": "prompt i uses seed + i",
                 "batch_size": self.plan.batch_size,
                 "templates": self.templates,
                 "prompts_per_vocabulary": {v: len(p) for v, p in self.prompts.items()},

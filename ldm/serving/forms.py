@@ -1,0 +1,56 @@
+"""Request fields (an HTML form's strings or a JSON object's values) -> `SampleSettings`.
+
+Why apart from the routes: both `POST /jobs` and `POST /generate` take the same fields, and the rules for
+turning '' / null / "7" / 7.0 into "not given" / an int are the same for both.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import Any
+
+from ldm.errors import SamplingError
+from ldm.generation.settings import SampleSettings
+
+INT_FIELDS = ("steps", "seed", "height", "width")
+FLOAT_FIELDS = ("guidance_scale",)
+TEXT_FIELDS = ("prompt", "negative_prompt", "scheduler")
+
+
+def _number(name: str, value: Any, kind: type) -> int | float | None:
+    """A form string or a JSON number -> int/float; '' and null mean 'not given'."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, bool):
+        raise SamplingError(f"{name}={value}: expected a number")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise SamplingError(f"{name}={value}: expected a number") from None
+    if not math.isfinite(number):
+        raise SamplingError(f"{name}={value}: expected a finite number")
+    if kind is int:
+        if not number.is_integer():
+            raise SamplingError(f"{name}={value}: expected an integer")
+        return int(number)
+    return number
+
+
+def parse_request(fields: Any, defaults: SampleSettings) -> SampleSettings:
+    """Form or JSON fields over the configured defaults -> settings (not yet range-checked)."""
+    if not isinstance(fields, dict):
+        raise SamplingError("expected a form or a JSON object with at least 'prompt'")
+    changes: dict[str, Any] = {}
+    for name in TEXT_FIELDS:
+        value = fields.get(name)
+        if value is not None:
+            if not isinstance(value, str):
+                raise SamplingError(f"{name} must be a string")
+            changes[name] = value
+    for name in INT_FIELDS + FLOAT_FIELDS:
+        value = _number(name, fields.get(name), int if name in INT_FIELDS else float)
+        if value is not None:
+            changes[name] = value
+    prompt = changes.pop("prompt", "")
+    return replace(defaults, prompts=(prompt,), **changes)

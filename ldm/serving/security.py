@@ -1,0 +1,64 @@
+"""What keeps a local render server safe to leave running: no cross-site writes, bounded bodies, and
+errors that tell the user an id while the traceback stays in the log.
+
+Why check Origin: any web page the user visits can POST a form to http://127.0.0.1:5000 (a "simple"
+cross-origin request needs no CORS preflight), so without this a page could queue renders or cancel
+the user's. Browsers send `Origin` (and `Sec-Fetch-Site`) with every cross-origin POST/DELETE; curl sends
+neither and is let through, since it runs with the user's own rights anyway.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from urllib.parse import urlsplit
+
+from flask import Flask, Response, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+
+
+def cross_origin_reason(origin: str | None, host: str | None, fetch_site: str | None) -> str | None:
+    """Why a state-changing request from a browser is refused, or None when it comes from this page."""
+    if fetch_site is not None and fetch_site not in ("same-origin", "none"):
+        return f"cross-origin request refused: Sec-Fetch-Site is {fetch_site!r}, expected 'same-origin'"
+    if origin is None:
+        return None
+    if origin == "null" or urlsplit(origin).netloc.lower() != (host or "").lower():
+        return f"cross-origin request refused: Origin {origin!r} does not match this server ({host!r})"
+    return None
+
+
+def json_error(message: str, status: int, **headers: object) -> Response:
+    response = jsonify(error=message)
+    response.status_code = status
+    response.headers.update({k.replace("_", "-"): str(v) for k, v in headers.items()})
+    return response
+
+
+def install_protections(app: Flask, max_request_bytes: int) -> None:
+    """Body limit, the Origin check on POST/DELETE, JSON errors, and 500s that carry an error id."""
+    app.config["MAX_CONTENT_LENGTH"] = max_request_bytes
+
+    @app.before_request
+    def refuse_cross_origin() -> Response | None:
+        if request.method in SAFE_METHODS:
+            return None
+        reason = cross_origin_reason(
+            request.headers.get("Origin"), request.headers.get("Host"), request.headers.get("Sec-Fetch-Site")
+        )
+        return None if reason is None else json_error(reason, 403)
+
+    @app.errorhandler(HTTPException)
+    def http_error(err: HTTPException) -> Response:
+        if err.code == 413:
+            return json_error(f"request body over {max_request_bytes} bytes", 413)
+        return json_error(f"{err.code} {err.name}: {err.description}", err.code or 500)
+
+    @app.errorhandler(Exception)
+    def internal_error(err: Exception) -> Response:
+        error_id = secrets.token_hex(4)
+        log.exception("error id %s on %s %s", error_id, request.method, request.path)
+        return json_error(f"internal error (error id {error_id}; the server log has the traceback)", 500)
