@@ -2,7 +2,9 @@
 
 Why one reader: a user hands `checkpoint=PATH` the file or folder they have at hand, a Lightning
 `.ckpt`, `final_model/final_weights.pt` or the exported `final_model/` folder, and every form records the
-base model it was trained on, so `checkpoint=` alone is enough to rebuild the model.
+base model it was trained on, so `checkpoint=` alone is enough to rebuild the model. A LoRA run's forms hold
+the adapter alone and rebuild the model with it; its `final_model/text_encoder/` (the merged encoder) loads
+as a full text encoder instead.
 """
 
 from __future__ import annotations
@@ -26,11 +28,11 @@ from ldm.training.module import TextEncoderFineTuner, check_checkpoint_fits
 ACCEPTED_FORMS = (
     "a Lightning .ckpt written by train.py (e.g. outputs/DATE/TIME/checkpoints/last.ckpt), "
     "final_model/final_weights.pt (with export.json beside it), "
-    "or an exported final_model/ folder (export.json, text_encoder/)"
+    "or an exported final_model/ folder (export.json, text_encoder/), or a LoRA run's merged final_model/text_encoder/"
 )
 PROJECTION = "text_projection"
 
-Form = Literal["lightning", "weights", "export"]
+Form = Literal["lightning", "weights", "export", "merged"]
 
 
 class CheckpointError(UserError):
@@ -47,7 +49,7 @@ class FineTunedWeights:
 
     path: str
     form: Form
-    meta: dict[str, Any]  # base, revision, text_encoder, trainable (sorted, "text_projection" included)
+    meta: dict[str, Any]  # base, revision, text_encoder, trainable (sorted, "text_projection" included), adapter
     prediction_type: str | None
     state_dict: dict[str, torch.Tensor]
 
@@ -61,6 +63,7 @@ class FineTunedWeights:
             "projection": PROJECTION in self.meta["trainable"],
             "trainable": trainable,
             "prediction_type": self.prediction_type,
+            "adapter": self.meta.get("adapter"),
         }
 
 
@@ -93,6 +96,7 @@ def _meta(info: dict[str, Any]) -> dict[str, Any]:
         "revision": info.get("revision"),
         "text_encoder": info.get("text_encoder"),
         "trainable": sorted(info["trainable"]),
+        "adapter": info.get("adapter"),
     }
 
 
@@ -118,10 +122,20 @@ def _read_file(path: Path) -> FineTunedWeights:
     raise CheckpointError(f"checkpoint={str(path)!r} holds neither a Lightning checkpoint nor a weights dict")
 
 
-def _read_folder(path: Path) -> FineTunedWeights:
-    """An exported folder: weights from its `save_pretrained` sub-folders (projection from final_weights.pt)."""
+def _read_folder(path: Path, merged: bool = False) -> FineTunedWeights:
+    """An exported folder: weights from its `save_pretrained` sub-folders (projection from final_weights.pt).
+
+    A LoRA export's adapter is read from final_weights.pt; `merged` reads its merged text_encoder/ instead,
+    as a full text encoder without an adapter.
+    """
     info = _read_export_json(path, path)
     meta = _meta(info)
+    if meta["adapter"] is not None and not merged:
+        weights_file = path / "final_weights.pt"
+        if not weights_file.is_file():
+            raise CheckpointError(f"checkpoint={str(path)!r} was trained with an adapter but has no final_weights.pt")
+        return FineTunedWeights(str(path), "export", meta, info.get("prediction_type"), _torch_load(weights_file))
+    meta["adapter"] = None
     loaders = {"text_encoder": CLIPTextModel, "unet": UNet2DConditionModel}
     state: dict[str, torch.Tensor] = {}
     for name in meta["trainable"]:
@@ -140,7 +154,8 @@ def _read_folder(path: Path) -> FineTunedWeights:
         except (OSError, ValueError) as err:
             raise CheckpointError(f"could not read {str(sub)!r}: {err}") from None
         state.update({f"{name}.{k}": v for k, v in part.state_dict().items()})
-    return FineTunedWeights(str(path), "export", meta, info.get("prediction_type"), state)
+    form: Form = "merged" if merged else "export"
+    return FineTunedWeights(str(path), form, meta, info.get("prediction_type"), state)
 
 
 def read_checkpoint(path: str | os.PathLike) -> FineTunedWeights:
@@ -148,6 +163,9 @@ def read_checkpoint(path: str | os.PathLike) -> FineTunedWeights:
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint={str(path)!r} does not exist; expected {ACCEPTED_FORMS}")
+    merged = path.name == "text_encoder" and not (path / "export.json").is_file()
+    if path.is_dir() and merged and (path.parent / "export.json").is_file():  # a LoRA run's merged encoder
+        return _read_folder(path.parent, merged=True)
     return _read_folder(path) if path.is_dir() else _read_file(path)
 
 

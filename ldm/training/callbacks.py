@@ -21,6 +21,7 @@ from ldm.data import latent_cache
 from ldm.generation.output import make_grid
 from ldm.generation.pipeline import generate
 from ldm.generation.settings import SampleSettings, validate_settings
+from ldm.training.adapters import ADAPTER_DIR, merged_text_encoder, save_adapter
 from ldm.training.checkpoint_io import atomic_torch_save
 from ldm.training.module import TextEncoderFineTuner
 
@@ -106,13 +107,21 @@ class ExportFinalModel(L.Callback):
 
 
 def export_final_model(module: TextEncoderFineTuner, dirpath: Path) -> Path:
-    """Export trainable weights so `StableDiffusionPipeline.from_pretrained(base, text_encoder=...)` works."""
+    """Export trainable weights so `StableDiffusionPipeline.from_pretrained(base, text_encoder=...)` works.
+
+    With an adapter, final_weights.pt holds the adapter alone, adapter/ is peft's folder of it, and
+    text_encoder/ the merged encoder (a plain CLIPTextModel for people who don't use peft).
+    """
     dirpath.mkdir(parents=True, exist_ok=True)
     weights = {k: v.detach().float().cpu().contiguous() for k, v in module.trainable_state_dict().items()}
     atomic_torch_save(weights, dirpath / "final_weights.pt")  # never a half-written file, even if killed here
     for name in ("text_encoder", "unet"):
         if name in module.trainable_names:
-            getattr(module, name).save_pretrained(dirpath / name, safe_serialization=True)
+            part = getattr(module, name)
+            if name == "text_encoder" and module.peft_model is not None:
+                save_adapter(module.peft_model, dirpath / ADAPTER_DIR)
+                part = merged_text_encoder(module.peft_model)
+            part.save_pretrained(dirpath / name, safe_serialization=True)
     module.tokenizer.save_pretrained(dirpath / "tokenizer")
     info = {**module.checkpoint_signature(), "prediction_type": module.noise_scheduler.config.prediction_type}
     (dirpath / "export.json").write_text(json.dumps(info, indent=2) + "\n")

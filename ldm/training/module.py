@@ -18,7 +18,8 @@ from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from torch import nn
 
 from ldm.components import check_trainable, load_components
-from ldm.errors import UserError
+from ldm.errors import UserError, require
+from ldm.training.adapters import apply_adapter, normalize_adapter
 from ldm.training.faults import NonFiniteLossGuard
 from ldm.training.precision import frozen_weight_dtype
 
@@ -55,9 +56,11 @@ class TextEncoderFineTuner(L.LightningModule):
         max_nonfinite_steps: int,
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         lr_scheduler: Callable[..., Any] | None = None,
+        adapter: dict[str, Any] | None = None,
+        objective: nn.Module | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler", "objective"])
         trainable = check_trainable(trainable)
         if prediction_type is not None and prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"model.prediction_type={prediction_type!r}: expected null or one of {PREDICTION_TYPES}")
@@ -87,6 +90,13 @@ class TextEncoderFineTuner(L.LightningModule):
             module = getattr(self, name)
             if module is not None:
                 module.requires_grad_(name in self.trainable_names)
+        self.adapter = normalize_adapter(adapter)  # LoRA: only its tensors learn (ldm/training/adapters.py)
+        require(
+            self.adapter is None or "text_encoder" in trainable, "model.adapter needs text_encoder in model.trainable"
+        )
+        self.__dict__["peft_model"] = None if self.adapter is None else apply_adapter(self.text_encoder, self.adapter)
+        self.adapter_keys = {f"text_encoder.{n}" for n, p in self.text_encoder.named_parameters() if p.requires_grad}
+        self.objective = objective  # None: the noise-prediction loss; else e.g. ldm.training.reward.RewardObjective
         self.train()
 
     def _build_projection(self, projection: bool) -> nn.Linear | None:
@@ -156,7 +166,7 @@ class TextEncoderFineTuner(L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
         """The loss, or None when it is NaN/inf: Lightning then skips backward, so the optimizer step finds
         no gradients and leaves weights and moments as they were (the batch still counts in global_step)."""
-        loss = self._common_step(batch)
+        loss = self._common_step(batch) if self.objective is None else self.objective(self, batch)
         skip = self.nonfinite.should_skip(loss, self.trainer.strategy)
         self.log("train/nonfinite_steps", float(self.nonfinite.total), on_step=True, on_epoch=False)
         if skip:
@@ -193,8 +203,15 @@ class TextEncoderFineTuner(L.LightningModule):
     # --- light checkpoints --------------------------------------------------------------------------
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """Only the weights that learn: what checkpoints and exports hold."""
+        return self._trainable_only(self.state_dict())
+
+    def _trainable_only(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """With an adapter the text encoder contributes its adapter tensors alone."""
         prefixes = tuple(f"{name}." for name in self.trainable_names)
-        return {k: v for k, v in self.state_dict().items() if k.startswith(prefixes)}
+        keep = [k for k in state if k.startswith(prefixes)]
+        if self.adapter is not None:
+            keep = [k for k in keep if not k.startswith("text_encoder.") or k in self.adapter_keys]
+        return {k: state[k] for k in keep}
 
     def checkpoint_signature(self) -> dict[str, Any]:
         """What a checkpoint must agree with to be loaded onto this model."""
@@ -205,11 +222,11 @@ class TextEncoderFineTuner(L.LightningModule):
             "revision": self.hparams.revision,
             "text_encoder": self.hparams.text_encoder,
             "trainable": sorted(self.trainable_names),
+            "adapter": self.adapter,
         }
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        prefixes = tuple(f"{name}." for name in self.trainable_names)
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefixes)}
+        checkpoint["state_dict"] = self._trainable_only(checkpoint["state_dict"])
         checkpoint["ldm"] = self.checkpoint_signature()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -236,6 +253,11 @@ def check_checkpoint_fits(
         raise CheckpointMismatchError(
             f"checkpoint trains {sorted(meta['trainable'])} but this model trains {expected['trainable']} "
             f"(set model.trainable / model.projection to match the checkpoint)"
+        )
+    if meta.get("adapter") != expected.get("adapter"):
+        raise CheckpointMismatchError(
+            f"checkpoint was trained with model.adapter={meta.get('adapter')} but this model has "
+            f"{expected.get('adapter')} (choose model/adapter=... and its keys to match the checkpoint)"
         )
     for key in ("base", "text_encoder"):
         if not _same_source(meta.get(key), expected[key]):

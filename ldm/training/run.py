@@ -27,8 +27,11 @@ def instantiate_or_explain(node: DictConfig, **kwargs: object) -> object:
 
 
 def build_module(cfg: DictConfig) -> L.LightningModule:
-    """The LightningModule with its optimizer and LR schedule factories."""
+    """The LightningModule with its optimizer and LR schedule factories (and its objective, unless diffusion)."""
     factories = {"optimizer": instantiate(cfg.optimizer), "lr_scheduler": instantiate(cfg.lr_scheduler)}
+    objective = instantiate_or_explain(cfg.objective) if cfg.get("objective") else None
+    if objective is not None:  # objective=reward (ldm/training/reward.py); diffusion is the module's own loss
+        factories["objective"] = objective
     return instantiate_or_explain(cfg.model, **factories)
 
 
