@@ -130,7 +130,7 @@ def test_a_reward_run_fits_and_its_checkpoint_holds_no_reward_model(cache_dir: P
         "train",
         tiny_overrides(
             tmp_path, cache_dir, *reward_overrides(cache_dir, None, "objective.diffusion_weight=0.5"),
-            "+trainer.max_steps=3", "callbacks.learning_check.check_after_steps=2",
+            "trainer.max_steps=3", "callbacks.learning_check.check_after_steps=2",
         ),
     )  # fmt: skip
     trainer, _ = train(cfg)
