@@ -123,6 +123,11 @@ def build_openvino(model: Any, cfg: Any) -> None:
     unet = CompiledByShape(core, core.read_model(str(folder / export.UNET_FILE)), properties, "U-Net")
     vae = CompiledByShape(core, core.read_model(str(folder / export.VAE_FILE)), properties, "VAE decoder")
     unet_config, vae_config = model.unet.config, model.vae.config
+    # compiled now, not at the first step: `auto` falls back to torch on a compile error, and the cached
+    # blobs make this the few seconds a second run takes
+    batch, channels = (2 if cfg.guidance_scale > 1 else 1), unet_config.in_channels
+    unet.compile(((batch, channels, side, side), (1,), (batch, 77, unet_config.cross_attention_dim)))
+    vae.compile(((1, vae_config.latent_channels, side, side),))
     model.unet = OpenVINOUNet(unet, unet_config, label)  # the torch modules are dropped: their memory is freed
     model.vae = OpenVINOVAE(vae, vae_config, label)
     gc.collect()

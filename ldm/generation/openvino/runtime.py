@@ -29,15 +29,17 @@ class CompiledByShape:
         self.compiled: dict[tuple, Any] = {}
 
     def __call__(self, *arrays: np.ndarray) -> np.ndarray:
-        key = tuple(a.shape for a in arrays)
+        return self.compile(tuple(a.shape for a in arrays))(list(arrays))[0]
+
+    def compile(self, key: tuple) -> Any:
+        """The compiled model for input shapes `key` (compiled on first use; a blob from CACHE_DIR after)."""
         if key not in self.compiled:
             start = time.perf_counter()
             model = self.model.clone()
             model.reshape({port: list(shape) for port, shape in zip(model.inputs, key, strict=True)})
             self.compiled[key] = self.core.compile_model(model, "CPU", self.properties)
             log.info("compiled the OpenVINO %s for %s in %.1f s", self.name, key, time.perf_counter() - start)
-        request = self.compiled[key]
-        return request(list(arrays))[0]
+        return self.compiled[key]
 
 
 class EngineModule(torch.nn.Module):
