@@ -394,6 +394,7 @@ def main() -> None:
     results: dict[str, dict[str, Any]] = {}
     work = Path(tempfile.mkdtemp(prefix="sample_cpu-"))
     latents: dict[str, Path] = {}
+    failed: dict[str, str] = {}
     for variant in variants:
         if variant.endswith("-fp32") and results.get(variant.removesuffix("-fp32"), {}).get("precision") == "fp32":
             continue  # `dtype: auto` already picked fp32 on this CPU: the same run twice
@@ -408,7 +409,12 @@ def main() -> None:
                 variant, model, height, max_steps, args.threads, latents[variant] if variant != "baseline" else None
             )
         else:
-            results[variant] = run_json_subprocess(worker)
+            try:
+                results[variant] = run_json_subprocess(worker)
+            except RuntimeError as err:  # one variant failing (say, an OpenVINO compile error) keeps the others
+                failed[variant] = str(err).strip().splitlines()[-1][:200]
+                print(f"# {variant} failed: {err}", file=sys.stderr, flush=True)
+                continue
         results[variant].pop("_latents", None)
         print(f"# {variant}: done after {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
     if name in ("default", "full"):  # measured again at the end: the machine may have been busier at the start
@@ -420,8 +426,10 @@ def main() -> None:
     relative_errors(results, {k: v for k, v in latents.items() if v.is_file()})
     shutil.rmtree(work, ignore_errors=True)
     report = print_report(results, roofs, flops, machine, name, max_steps, height, time.perf_counter() - started)
+    if failed:
+        report += "\n" + "\n".join(f"failed: {v}: {why}" for v, why in failed.items())
     print(report)
-    data = {"machine": machine, "roofs": roofs, "flops": flops, "results": results}
+    data = {"machine": machine, "roofs": roofs, "flops": flops, "results": results, "failed": failed}
     if args.json:
         args.json.write_text(json.dumps(data, indent=1))
     out_dir = args.out_dir or (Path(tempfile.mkdtemp(prefix="sample_cpu-smoke-")) if args.smoke else None)

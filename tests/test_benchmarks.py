@@ -30,6 +30,7 @@ def test_sample_cpu_smoke_prints_its_table(cache_dir: Path, tmp_path: Path) -> N
     for variant in ("baseline", "ours", "deep-cache"):
         assert f"| {variant} |" in out
     assert "| baseline | pndm x50 | fp32, slicing on |" in out
+    assert out.strip().splitlines()[-1].startswith("speed-up of sample.py's default over the baseline: ")
     assert (tmp_path / "raw.json").is_file()
 
 

@@ -101,6 +101,7 @@ def test_stale_and_altered_entries_are_detected(ov_model, engine_cache, tmp_path
     assert cache.check_entry(copy, expected) == "no readable manifest"
 
 
+@pytest.mark.slow  # a second real export
 def test_a_corrupt_entry_is_rebuilt_and_logged(ov_model, cache_dir, engine_cache, capfd, caplog, tmp_path) -> None:
     copy = shutil.copytree(engine_cache, tmp_path / "openvino")  # ov_model memory-maps the original's files
     entry = entry_of(copy)
