@@ -427,7 +427,8 @@ def main() -> None:
     shutil.rmtree(work, ignore_errors=True)
     report = print_report(results, roofs, flops, machine, name, max_steps, height, time.perf_counter() - started)
     if failed:
-        report += "\n" + "\n".join(f"failed: {v}: {why}" for v, why in failed.items())
+        lines = report.splitlines()  # the speed-up line stays last
+        report = "\n".join([*lines[:-1], *(f"failed: {v}: {why}" for v, why in failed.items()), lines[-1]])
     print(report)
     data = {"machine": machine, "roofs": roofs, "flops": flops, "results": results, "failed": failed}
     if args.json:
