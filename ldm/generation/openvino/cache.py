@@ -88,7 +88,7 @@ def ensure_entry(folder: Path, expected: dict[str, Any], build: Any, what: str) 
 
     why = check_entry(folder, expected)
     if why is None:
-        log.info("OpenVINO engine cache hit: %s", folder)
+        log.debug("OpenVINO engine cache hit: %s", folder)
         return folder, None
     if why != "missing":
         log.warning("OpenVINO engine cache entry %s is stale (%s): rebuilding it", folder, why)

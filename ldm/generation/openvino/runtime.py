@@ -38,7 +38,7 @@ class CompiledByShape:
             model = self.model.clone()
             model.reshape({port: list(shape) for port, shape in zip(model.inputs, key, strict=True)})
             self.compiled[key] = self.core.compile_model(model, "CPU", self.properties)
-            log.info("compiled the OpenVINO %s for %s in %.1f s", self.name, key, time.perf_counter() - start)
+            log.debug("compiled the OpenVINO %s for %s in %.1f s", self.name, key, time.perf_counter() - start)
         return self.compiled[key]
 
 
