@@ -32,7 +32,7 @@ def fingerprint(*modules: torch.nn.Module) -> str:
         for name, tensor in sorted(module.state_dict().items()):
             t = tensor.detach().cpu().contiguous()
             digest.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
-            digest.update(t.view(torch.uint8).numpy().data if t.numel() else b"")
+            digest.update(t.reshape(-1).view(torch.uint8).numpy().data if t.numel() else b"")
     return digest.hexdigest()[:16]
 
 
