@@ -84,7 +84,7 @@ VARIANTS: dict[str, list[str]] = {  # variant -> sample.py overrides on top of i
     "chan-last": [*TORCH, "dtype=fp32"],
     "vae-tiled": [*TORCH, "dtype=fp32"],
 }
-QUICK = ["baseline", "torch", "torch-fp32", "ours", "ours-gi", "openvino-int8", "openvino-int8-gi", "deep-cache"]
+QUICK = ["baseline", "torch", "torch-fp32", "ours", "ours-gi", "deep-cache", "openvino-int8", "openvino-int8-gi"]
 MODES = {  # measured steps per variant (None: all), variants run
     "smoke": (2, ["baseline", "torch", "ours", "ours-gi", "deep-cache"]),
     "quick": (2, QUICK),
