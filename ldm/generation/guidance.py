@@ -35,16 +35,17 @@ class GuidanceInterval:
         self.positive, self.guided_embeds = positive, torch.cat([negative, positive])  # diffusers' order
         self.guided_steps: list[int] = [i for i in range(steps) if self.guided(i)]
 
-    def guided(self, step: int) -> bool:
-        return self.start <= step / self.steps < self.end
+    def guided(self, step: int, steps: int | None = None) -> bool:
+        return self.start <= step / (steps or self.steps) < self.end
 
     @property
     def initial_scale(self) -> float:
         return self.scale if self.guided(0) else 1.0  # ≤ 1: diffusers runs the conditional pass alone
 
     def __call__(self, pipe: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-        if step + 1 < self.steps:
-            guided = self.guided(step + 1)
+        steps = getattr(pipe, "num_timesteps", None) or self.steps  # PNDM's schedule has a step more
+        if step + 1 < steps:
+            guided = self.guided(step + 1, steps)
             pipe._guidance_scale = self.scale if guided else 1.0
             kwargs["prompt_embeds"] = self.guided_embeds if guided else self.positive
         return self.then(pipe, step, timestep, kwargs) if self.then else kwargs
