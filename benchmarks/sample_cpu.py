@@ -237,7 +237,9 @@ def run_worker(
     variant: str, model: str, height: int, max_steps: int | None, threads: int | None, latents: Path | None = None
 ) -> dict[str, Any]:
     if variant == "baseline":
-        return run_baseline(model, BASELINE_STEPS, max_steps, height, threads)
+        result = run_baseline(model, BASELINE_STEPS, max_steps, height, threads)
+        result.pop("_latents")  # another sampler: not compared
+        return result
     result = run_ours(model, VARIANTS[variant], max_steps, threads, variant)
     if latents is not None:
         torch.save(result.pop("_latents"), latents)
