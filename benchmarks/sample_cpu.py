@@ -1,27 +1,39 @@
 """CPU generation benchmark: diffusers' defaults as the original app used them vs `sample.py`'s defaults.
 
-python benchmarks/sample_cpu.py --quick          # < 5 min on 2 quiet cores: 2 measured steps per variant
+python benchmarks/sample_cpu.py --quick          # 2 measured steps per variant (the first run also builds
+                                                 # the OpenVINO engine and its int8 version: minutes)
 python benchmarks/sample_cpu.py                  # 4 measured steps per variant, and the memory settings
-python benchmarks/sample_cpu.py --full           # every step of every variant (about an hour on 2 cores)
-python benchmarks/sample_cpu.py --smoke          # tiny random model, seconds (CI)
+python benchmarks/sample_cpu.py --full           # every step of every variant (hours on 2 cores)
+python benchmarks/sample_cpu.py --smoke          # tiny random model, under a minute (CI)
 python benchmarks/sample_cpu.py --threads 1 --model /models/sd15   # real weights work too
+
+Results: benchmarks/results/sample_cpu[-quick|-full].md and .json (smoke: a temp folder, or --out-dir).
 
 One 512x512 image of SD1.5-size components (random weights built from benchmarks/sd15_config/, written once
 to .cache/sd15-random; the cost does not depend on the weight values). Each variant runs in its own
 process, so its peak RSS (load included) is its own:
   baseline     StableDiffusionPipeline.from_pretrained + enable_attention_slicing(), PNDM 50 steps, fp32
-  ours         sample.py's defaults (conf/sampling/default.yaml) through load_for_inference + generate
-  ours-fp32    the same with dtype=fp32: what a CPU without a bf16 unit runs (only when `auto` picks bf16)
-  deep-cache   ours + deep_cache.interval=3 (opt-in)   (and deep-cache-fp32)
-  slicing      ours-fp32 + attention_slicing=on         (time and memory of slicing on our path)
-  chan-last    ours-fp32 + the U-Net in channels_last   (the layout sample.py no longer uses)
-  vae-tiled    ours-fp32 + VAE tiling forced to 256 px tiles (diffusers tiles only above 512 px by itself)
+  ours         sample.py's defaults (conf/sampling/default.yaml) through load_for_inference + generate:
+               engine auto = OpenVINO at the CPU's precision where it is installed
+  torch        ours with engine.backend=torch (the default before the engine: bf16 autocast where the CPU
+               has a bf16 unit); torch-fp32: dtype=fp32, the reference of the latents' error (skipped when
+               `torch` is fp32 already)
+  openvino-int8  ours + engine.quantize=int8 (calibrated on the benchmark prompt's own trajectory)
+  *-gi         the same + guidance_interval=[0.2, 0.8] (unguided steps run one batch-1 pass)
+  deep-cache   torch + deep_cache.interval=3 (opt-in)   (and deep-cache-fp32)
+  slicing      torch-fp32 + attention_slicing=on         (time and memory of slicing on our path)
+  chan-last    torch-fp32 + the U-Net in channels_last   (the layout sample.py no longer uses)
+  vae-tiled    torch-fp32 + VAE tiling forced to 256 px tiles (diffusers tiles only above 512 px by itself)
 Unless --full, a variant runs its first K steps (then the pipeline's interrupt flag skips the rest and it
 decodes), and s/image is extrapolated: the time before the first U-Net call + every step at the median of its
-kind (full / shallow; the first step counts as warm-up when there are others) + VAE decode + the rest.
-The table says which numbers are extrapolated. GFLOP/s counts the matmuls, convolutions and attention of
-one U-Net call (FlopCounterMode on meta tensors) over its median time, against the median GFLOP/s of square
-matmuls measured in this run with the same threads (bf16 matmuls for bf16 variants; see `roof`).
+kind (full / shallow DeepCache, guided / conditional-only; the first step of a kind counts as warm-up when
+there are others) + VAE decode + the rest. A `-gi` variant whose measured steps are all unguided takes the
+guided step's time from its sibling without `-gi` (same engine, same shapes, same run); the table says so,
+and says which numbers are extrapolated. The latents' error is relative (L2) after the measured steps, vs
+torch fp32 at the same seed (for `-gi` it includes the interval's own change of the image).
+GFLOP/s counts the matmuls, convolutions and attention of one U-Net call (FlopCounterMode on meta
+tensors) over its median time, against the median GFLOP/s of square matmuls measured in this run with the
+same threads (bf16 matmuls for bf16 variants; see `roof`).
 """
 
 from __future__ import annotations
@@ -29,8 +41,10 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -49,27 +63,34 @@ from benchmarks.common import (
     matmul_peak_gflops,
     run_json_subprocess,
     table,
+    write_results,
 )
+from ldm.hardware import cpu_has_native_bf16
 
 PROMPT = "A dog running on the beach at sunset"
 BASELINE_STEPS = 50
+GI = "guidance_interval=[0.2,0.8]"
+TORCH, INT8 = ["engine.backend=torch"], ["engine.quantize=int8", f"engine.calibration_prompts=['{PROMPT}']"]
 VARIANTS: dict[str, list[str]] = {  # variant -> sample.py overrides on top of its defaults
     "ours": [],
-    "ours-fp32": ["dtype=fp32"],
-    "deep-cache": ["deep_cache.interval=3"],
-    "deep-cache-fp32": ["deep_cache.interval=3", "dtype=fp32"],
-    "slicing": ["dtype=fp32", "attention_slicing=on"],
-    "chan-last": ["dtype=fp32"],
-    "vae-tiled": ["dtype=fp32"],
+    "ours-gi": [GI],
+    "torch": TORCH,
+    "torch-fp32": [*TORCH, "dtype=fp32"],
+    "torch-gi": [*TORCH, GI],
+    "openvino-int8": ["engine.backend=openvino", *INT8],
+    "openvino-int8-gi": ["engine.backend=openvino", *INT8, GI],
+    "deep-cache": [*TORCH, "deep_cache.interval=3"],
+    "deep-cache-fp32": [*TORCH, "deep_cache.interval=3", "dtype=fp32"],
+    "slicing": [*TORCH, "dtype=fp32", "attention_slicing=on"],
+    "chan-last": [*TORCH, "dtype=fp32"],
+    "vae-tiled": [*TORCH, "dtype=fp32"],
 }
+QUICK = ["baseline", "torch", "torch-fp32", "ours", "ours-gi", "deep-cache", "openvino-int8", "openvino-int8-gi"]
 MODES = {  # measured steps per variant (None: all), variants run
-    "smoke": (2, ["baseline", "ours", "ours-fp32", "deep-cache"]),
-    "quick": (2, ["baseline", "ours", "ours-fp32", "deep-cache"]),
-    "default": (
-        4,
-        ["baseline", "ours", "ours-fp32", "deep-cache", "deep-cache-fp32", "slicing", "chan-last", "vae-tiled"],
-    ),
-    "full": (None, ["baseline", "ours", "ours-fp32", "deep-cache", "deep-cache-fp32", "slicing", "chan-last"]),
+    "smoke": (2, ["baseline", "torch", "ours", "ours-gi", "deep-cache"]),
+    "quick": (2, QUICK),
+    "default": (4, [*QUICK, "torch-gi", "deep-cache-fp32", "slicing", "chan-last", "vae-tiled"]),
+    "full": (None, [*QUICK, "torch-gi", "deep-cache-fp32", "slicing", "chan-last"]),
 }
 
 
@@ -82,6 +103,7 @@ class Recorder:
         self.calls: list[tuple[float, float]] = []
         self.step_ends: list[float] = []
         self.decode: tuple[float, float] | None = None
+        self.latents: torch.Tensor | None = None
         unet.register_forward_pre_hook(lambda *_: self.calls.append((time.perf_counter(), 0.0)))
         unet.register_forward_hook(lambda *_: self._end_call())
         decode = vae.decode
@@ -99,6 +121,7 @@ class Recorder:
 
     def on_step(self, pipe: Any, step: int, timestep: Any, kwargs: dict) -> dict:
         self.step_ends.append(time.perf_counter())
+        self.latents = kwargs["latents"].detach().clone()
         if self.max_steps is not None and len(self.step_ends) >= self.max_steps:
             pipe._interrupt = True  # diffusers skips the remaining steps, then decodes
         return kwargs
@@ -135,6 +158,24 @@ def run_baseline(model: str, steps: int, max_steps: int | None, height: int, thr
     return _summary(rec, t0, t1, kinds, load, f"pndm x{steps}", "fp32", "slicing on")
 
 
+class ExportTimer:
+    """Seconds the OpenVINO engine spent building cache entries in this process (0: every entry was a hit)."""
+
+    def __init__(self) -> None:
+        from ldm.generation.openvino import cache
+
+        self.seconds, self.cache, self.ensure = 0.0, cache, cache.ensure_entry
+        cache.ensure_entry = self._ensure
+
+    def _ensure(self, *args: Any, **kwargs: Any) -> Any:
+        folder, seconds = self.ensure(*args, **kwargs)
+        self.seconds += seconds or 0.0
+        return folder, seconds
+
+    def close(self) -> None:
+        self.cache.ensure_entry = self.ensure
+
+
 def run_ours(model: str, overrides: list[str], max_steps: int | None, threads: int | None, name: str) -> dict[str, Any]:
     """sample.py's path: compose conf/sample.yaml (+ overrides), load_for_inference, generate."""
     from ldm.generation import fast as fast_sampling
@@ -147,7 +188,13 @@ def run_ours(model: str, overrides: list[str], max_steps: int | None, threads: i
         "sample", [f"model.pretrained={model}", f"prompt={PROMPT}", "seed=0", *extra, *overrides]
     )
     start = time.perf_counter()
-    module = load_for_inference(cfg, base_override=True)
+    timer = ExportTimer() if _has_openvino() else None
+    try:
+        module = load_for_inference(cfg, base_override=True)
+    finally:
+        export_s = timer.seconds if timer else 0.0
+        if timer:
+            timer.close()
     if name == "chan-last":
         module.unet.to(memory_format=torch.channels_last)
     if name == "vae-tiled":  # 256 px tiles (32 latents), diffusers' own overlap and blending
@@ -163,20 +210,40 @@ def run_ours(model: str, overrides: list[str], max_steps: int | None, threads: i
     scheduler = image.info["scheduler"]
     steps = settings.steps
     interval = fast.interval if fast else 1
-    kinds = ["full" if i % interval == 0 else "shallow" for i in range(steps)]
+    start_gi, end_gi = settings.guidance_interval
+    guided = [settings.guidance_scale > 1 and start_gi <= i / steps < end_gi for i in range(steps)]
+    kinds = [("full" if i % interval == 0 else "shallow") + ("" if guided[i] else "-cond") for i in range(steps)]
     extras = [f"deep cache {image.info['deep_cache']}"] if interval > 1 else []
+    extras += (
+        [f"guidance {start_gi:g}-{end_gi:g} ({sum(guided)}/{steps} steps)"] if "guidance_interval" in image.info else []
+    )
+    extras += ["calibrated on 1 prompt"] if cfg.engine.quantize else []
     extras += ["slicing on"] if cfg.attention_slicing == "on" else []
     extras += ["channels_last"] if name == "chan-last" else []
     extras += ["VAE tiles 256 px"] if name == "vae-tiled" else []
     summary = _summary(rec, t0, t1, kinds, load, f"{scheduler} x{steps}", image.info["precision"], ", ".join(extras))
     summary["deep_cache"] = {"interval": interval, "branch": fast.branch if fast else 0}
+    summary["export_s"] = export_s
     return summary
 
 
-def run_worker(variant: str, model: str, height: int, max_steps: int | None, threads: int | None) -> dict[str, Any]:
+def _has_openvino() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("openvino") is not None
+
+
+def run_worker(
+    variant: str, model: str, height: int, max_steps: int | None, threads: int | None, latents: Path | None = None
+) -> dict[str, Any]:
     if variant == "baseline":
-        return run_baseline(model, BASELINE_STEPS, max_steps, height, threads)
-    return run_ours(model, VARIANTS[variant], max_steps, threads, variant)
+        result = run_baseline(model, BASELINE_STEPS, max_steps, height, threads)
+        result.pop("_latents")  # another sampler: not compared
+        return result
+    result = run_ours(model, VARIANTS[variant], max_steps, threads, variant)
+    if latents is not None:
+        torch.save(result.pop("_latents"), latents)
+    return result
 
 
 def _summary(
@@ -190,7 +257,7 @@ def _summary(
     step_times = [b - a for a, b in itertools.pairwise(bounds)]
     per_kind: dict[str, float] = {}
     call_kind: dict[str, float] = {}
-    for kind in ("full", "shallow"):
+    for kind in KINDS:
         idx = [i for i in range(measured) if kinds[i] == kind]
         warm = idx[1:] if len(idx) > 1 else idx  # the first call of a kind pays one-off allocations
         if warm:
@@ -200,9 +267,13 @@ def _summary(
     before = first_call - t0
     after = t1 - rec.decode[1]
     complete = measured == len(kinds)
-    per_image = (t1 - t0) if complete else before + sum(per_kind[k] for k in kinds) + decode + after
+    missing = sorted({k for k in kinds if k not in per_kind})  # filled from a sibling by the parent
+    per_image = (t1 - t0) if complete else before + sum(per_kind.get(k, 0.0) for k in kinds) + decode + after
     rss = _vm_hwm_gib()
     return {
+        "_latents": rec.latents,
+        "missing_kinds": [] if complete else missing,
+        "borrowed": [],
         "solver": solver,
         "precision": precision,
         "notes": notes,
@@ -220,6 +291,36 @@ def _summary(
         "extrapolated": not complete,
         "peak_rss_gib": rss,
     }
+
+
+KINDS = ("full", "shallow", "full-cond", "shallow-cond")
+
+
+def fill_missing_kinds(results: dict[str, dict[str, Any]]) -> None:
+    """A `-gi` variant's unmeasured step kinds from its sibling without `-gi`; its s/image again."""
+    for variant, r in results.items():
+        sibling = results.get(variant.removesuffix("-gi"))
+        if not r.get("missing_kinds") or sibling is None or variant == sibling:
+            continue
+        for kind in list(r["missing_kinds"]):
+            if kind in sibling["step_s"]:
+                r["step_s"][kind], r["call_s"][kind] = sibling["step_s"][kind], sibling["call_s"][kind]
+                r["borrowed"].append(kind)
+                r["missing_kinds"].remove(kind)
+        steps = sum(r["step_s"].get(k, float("nan")) for k in r["kinds"])
+        r["image_s"] = r["before_s"] + steps + r["decode_s"] + r["after_s"]
+
+
+def relative_errors(results: dict[str, dict[str, Any]], latents: dict[str, Path]) -> None:
+    """L2 error of each variant's latents after the measured steps, relative to torch fp32's."""
+    reference = next((v for v in ("torch-fp32", "torch") if results.get(v, {}).get("precision") == "fp32"), None)
+    if reference is None or reference not in latents:
+        return
+    ref = torch.load(latents[reference])
+    for variant, path in latents.items():
+        other = torch.load(path)
+        if other is not None and other.shape == ref.shape:
+            results[variant]["latent_rel_error"] = float((other - ref).norm() / ref.norm())
 
 
 def _vm_hwm_gib() -> float:
@@ -267,13 +368,15 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", choices=["baseline", *VARIANTS], help="override the mode's list")
     parser.add_argument("--steps", type=int, default=None, help="measured steps per variant (default: the mode's)")
     parser.add_argument("--json", type=Path, help="also write the raw numbers here")
+    parser.add_argument("--out-dir", type=Path, help="where the results go (default: benchmarks/results; smoke: temp)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--latents", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--max-steps", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--height", type=int, default=512, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.worker:
-        print(json.dumps(run_worker(args.worker, args.model, args.height, args.max_steps, args.threads)))
+        print(json.dumps(run_worker(args.worker, args.model, args.height, args.max_steps, args.threads, args.latents)))
         return
 
     name = "smoke" if args.smoke else "quick" if args.quick else "full" if args.full else "default"
@@ -290,29 +393,58 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     started = time.perf_counter()
     machine = machine_line()
-    roofs = {"fp32": roof(torch.float32, args.smoke), "bf16": roof(torch.bfloat16, args.smoke)}
+    # bf16 only where the CPU has a bf16 unit: emulated bf16 matmuls take minutes and no variant runs bf16 there
+    roofs = {"fp32": roof(torch.float32, args.smoke)}
+    roofs["bf16"] = roof(torch.bfloat16, args.smoke) if cpu_has_native_bf16() else float("nan")
     results: dict[str, dict[str, Any]] = {}
+    work = Path(tempfile.mkdtemp(prefix="sample_cpu-"))
+    latents: dict[str, Path] = {}
+    failed: dict[str, str] = {}
     for variant in variants:
         if variant.endswith("-fp32") and results.get(variant.removesuffix("-fp32"), {}).get("precision") == "fp32":
             continue  # `dtype: auto` already picked fp32 on this CPU: the same run twice
         worker = [__file__, "--worker", variant, "--model", model, "--height", str(height)]
         worker += ["--threads", str(args.threads)] if args.threads else []
         worker += ["--max-steps", str(max_steps)] if max_steps else []
+        latents[variant] = work / f"{variant}.pt"
+        worker += ["--latents", str(latents[variant])] if variant != "baseline" else []
         # smoke: in this process (seconds; its RSS is shared); otherwise one process per variant (its own peak RSS)
         if args.smoke:
-            results[variant] = run_worker(variant, model, height, max_steps, args.threads)
+            results[variant] = run_worker(
+                variant, model, height, max_steps, args.threads, latents[variant] if variant != "baseline" else None
+            )
         else:
-            results[variant] = run_json_subprocess(worker)
+            try:
+                results[variant] = run_json_subprocess(worker)
+            except RuntimeError as err:  # one variant failing (say, an OpenVINO compile error) keeps the others
+                failed[variant] = str(err).strip().splitlines()[-1][:200]
+                print(f"# {variant} failed: {err}", file=sys.stderr, flush=True)
+                continue
+        results[variant].pop("_latents", None)
         print(f"# {variant}: done after {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
     if name in ("default", "full"):  # measured again at the end: the machine may have been busier at the start
-        roofs = {k: max(v, roof(torch.float32 if k == "fp32" else torch.bfloat16, False)) for k, v in roofs.items()}
+        roofs = {
+            k: max(v, roof(torch.float32 if k == "fp32" else torch.bfloat16, False)) if v == v else v
+            for k, v in roofs.items()
+        }
     branch = next((r["deep_cache"]["branch"] for r in results.values() if "deep_cache" in r), 0)
     flops = unet_flops(model, height, branch)
-    print_report(results, roofs, flops, machine, name, max_steps, height, time.perf_counter() - started)
+    latents.pop("baseline", None)
+    fill_missing_kinds(results)
+    relative_errors(results, {k: v for k, v in latents.items() if v.is_file()})
+    shutil.rmtree(work, ignore_errors=True)
+    report = print_report(results, roofs, flops, machine, name, max_steps, height, time.perf_counter() - started)
+    if failed:
+        lines = report.splitlines()  # the speed-up line stays last
+        report = "\n".join([*lines[:-1], *(f"failed: {v}: {why}" for v, why in failed.items()), lines[-1]])
+    print(report)
+    data = {"machine": machine, "roofs": roofs, "flops": flops, "results": results, "failed": failed}
     if args.json:
-        args.json.write_text(
-            json.dumps({"machine": machine, "roofs": roofs, "flops": flops, "results": results}, indent=1)
-        )
+        args.json.write_text(json.dumps(data, indent=1))
+    out_dir = args.out_dir or (Path(tempfile.mkdtemp(prefix="sample_cpu-smoke-")) if args.smoke else None)
+    stem = "sample_cpu" if name == "default" else f"sample_cpu-{name}"
+    for path in write_results(stem, report, data, out_dir=out_dir):
+        print(f"# wrote {path}", file=sys.stderr)
 
 
 def print_report(
@@ -324,43 +456,55 @@ def print_report(
     max_steps: int | None,
     height: int,
     elapsed: float,
-) -> None:
+) -> str:
     base = results.get("baseline", {}).get("image_s")
     rows = []
     for variant, r in results.items():
-        peak = roofs["bf16" if r["precision"].startswith("bf16") else "fp32"]
+        peak = roofs["bf16" if "bf16" in r["precision"] else "fp32"]
         call_cells, rate_cells = [], []
-        for kind in ("full", "shallow"):
+        for kind in KINDS:
             if kind in r["call_s"]:
                 seconds = r["call_s"][kind]
-                rate = flops[kind] / seconds / 1e9
-                call_cells.append(f"{seconds:.2f}" + (" / " if kind == "full" and "shallow" in r["call_s"] else ""))
+                work = flops[kind.removesuffix("-cond")] / (2 if kind.endswith("-cond") else 1)  # batch 1 of 2
+                rate = work / seconds / 1e9
+                label = {"full": "", "shallow": " shallow", "full-cond": " cond", "shallow-cond": " shallow cond"}[kind]
+                borrowed = " from sibling" if kind in r.get("borrowed", []) else ""
+                call_cells.append(f"{seconds:.2f}{label}{borrowed}")
                 rate_cells.append(f"{rate:.0f} ({100 * rate / peak:.0f}%)")
+        error = r.get("latent_rel_error")
         rows.append(
             [
                 variant,
                 r["solver"],
                 r["precision"] + (f", {r['notes']}" if r["notes"] else ""),
-                "".join(call_cells),
+                " / ".join(call_cells),
                 " / ".join(rate_cells),
                 r["decode_s"],
                 f"{r['image_s']:.1f}" + (" (extrapolated)" if r["extrapolated"] else ""),
                 f"{base / r['image_s']:.2f}x" if base else "-",
                 f"{r['peak_rss_gib']:.2f}",
+                f"{r.get('export_s', 0):.0f}" if r.get("export_s") else "-",
+                "-" if error is None else f"{error:.4f}",
             ]
         )
     steps = "all steps" if max_steps is None else f"first {max_steps} steps measured per variant, the rest extrapolated"
-    print(f"## sample_cpu ({mode}): one {height}x{height} image, {steps}")
-    print(f"machine: {machine}")
-    print(
+    lines = [f"## sample_cpu ({mode}): one {height}x{height} image, {steps}", f"machine: {machine}"]
+    lines.append(
         f"matmul peak (GFLOP/s, best square size, this run): fp32 {roofs['fp32']:.0f}, bf16 {roofs['bf16']:.0f}; "
         f"one CFG U-Net call = {flops['full'] / 1e9:,.0f} GFLOP (shallow DeepCache call {flops['shallow'] / 1e9:,.0f})"
     )
-    print()
-    headers = ["variant", "solver x steps", "precision, settings", "s per U-Net call (full / shallow)",
-               "GFLOP/s (% of peak)", "VAE decode s", "s/image", "vs baseline", "peak RSS GiB"]  # fmt: skip
-    print(table(headers, rows))
-    print(f"\n(total {elapsed:.0f} s; s per U-Net call: median over measured calls after the first of each kind)")
+    headers = ["variant", "solver x steps", "precision, settings", "s per U-Net call (guided / cond / shallow)",
+               "GFLOP/s (% of peak)", "VAE decode s", "s/image", "vs baseline", "peak RSS GiB", "export s",
+               "latents rel. error vs torch fp32"]  # fmt: skip
+    lines += ["", table(headers, rows), ""]
+    lines.append(
+        f"(total {elapsed:.0f} s; s per U-Net call: median over measured calls after the first of each kind; "
+        "cond = one conditional batch-1 pass outside the guidance interval; export s: one-off engine build)"
+    )
+    ours = results.get("ours", {}).get("image_s")
+    if base and ours:
+        lines.append(f"speed-up of sample.py's default over the baseline: {base / ours:.2f}x")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ def test_sample_cpu_smoke_prints_its_table(cache_dir: Path, tmp_path: Path) -> N
     table = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| ")]
     rows = {cells[0].strip(): [c.strip() for c in cells[1:]] for cells in table}
     for variant in ("baseline", "ours", "deep-cache"):
-        _, _, call_s, gflops, decode_s, image_s, speedup, rss = rows[variant]
+        _, _, call_s, gflops, decode_s, image_s, speedup, rss, *_ = rows[variant]
         result = raw[variant]
         assert 0 < float(call_s.split(" / ")[0]) < 60 and 0 < float(decode_s) < 60
         assert all(0 <= float(g.split("(")[1].rstrip("%)")) <= 100 for g in gflops.split(" / "))  # % of peak
@@ -48,6 +48,7 @@ def test_sample_cpu_smoke_prints_its_table(cache_dir: Path, tmp_path: Path) -> N
         assert 0.05 < float(rss) < 24 and len(result["kinds"]) == result["calls"]
     assert rows["baseline"][6] == "1.00x" and float(rows["ours"][6].rstrip("x")) > 1  # 15 steps beat 50
     assert "shallow" in raw["deep-cache"]["kinds"] and "shallow" not in raw["ours"]["kinds"]
+    assert out.strip().splitlines()[-1].startswith("speed-up of sample.py's default over the baseline: ")
 
 
 def test_train_step_smoke_prints_its_table_and_checks_gradients(cache_dir: Path, tmp_path: Path) -> None:

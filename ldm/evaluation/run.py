@@ -27,6 +27,7 @@ from ldm.evaluation.backbones import check_backbone, load_backbone
 from ldm.evaluation.held_out import HeldOut, load_held_out, pil_to_uint8
 from ldm.evaluation.report import format_table, run_folder, side_by_side, write_json
 from ldm.generation.checkpoints import build_model
+from ldm.generation.engine import install_engine
 from ldm.generation.loading import prepare_for_inference, resolve_device, set_threads
 from ldm.generation.pipeline import encode_prompts, generate
 from ldm.generation.settings import Limits, SampleSettings, validate_settings
@@ -174,6 +175,7 @@ def run_variant(
     start = time.perf_counter()
     prepare_for_inference(model, resolve_device(cfg.device), cfg.attention_slicing)
     embeddings, mask = conditioning(model, prompts)
+    install_engine(model, cfg, resolve_device(cfg.device))  # both variants share one engine: the same base
     images = render(model, cfg, prompts, seeds, **render_args)
     return Variant(images, embeddings, mask, time.perf_counter() - start)
 

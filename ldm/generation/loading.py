@@ -14,6 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from ldm.errors import SamplingError, is_int
 from ldm.generation import fast
 from ldm.generation.checkpoints import build_model
+from ldm.generation.engine import check_engine_config, install_engine
 from ldm.generation.fast import FastSampling
 from ldm.generation.settings import _require
 from ldm.training.module import TextEncoderFineTuner
@@ -65,12 +66,18 @@ def base_chosen_on_command_line() -> bool:
 
 
 def load_for_inference(cfg: Any, *, base_override: bool) -> TextEncoderFineTuner:
-    """The model of `cfg.model` + `cfg.checkpoint`, ready to sample on `cfg.device` with `cfg.threads`."""
+    """The model of `cfg.model` + `cfg.checkpoint`, ready to sample on `cfg.device` with `cfg.threads`.
+
+    With the OpenVINO engine (`cfg.engine`), `model.unet` and `model.vae` are compiled OpenVINO models and the
+    torch fast paths (bf16 autocast, DeepCache) do not apply: OpenVINO picks its own precision.
+    """
     device = resolve_device(cfg.device)
     set_threads(cfg.threads)
     _check_attention_slicing(cfg.attention_slicing)  # before the model loads
+    check_engine_config(cfg.engine)
     options = FastSampling.from_config(cfg.dtype, cfg.deep_cache, device)
     model = build_model(cfg.model, cfg.checkpoint, base_override=base_override)
     prepare_for_inference(model, device, cfg.attention_slicing)
-    fast.install(model, options)
+    engine = install_engine(model, cfg, device)
+    fast.install(model, options if engine == "torch" else None)
     return model

@@ -21,6 +21,7 @@ from diffusers import StableDiffusionPipeline
 from PIL import Image
 
 from ldm.generation import fast
+from ldm.generation.guidance import GuidanceInterval, is_full
 from ldm.generation.schedulers import make_scheduler
 from ldm.generation.settings import MAX_SEED, SampleSettings, validate_settings
 from ldm.training.module import TextEncoderFineTuner
@@ -109,8 +110,10 @@ def generate(
         "width": width,
         "checkpoint": checkpoint or "none",
         "model": model.hparams.get("pretrained", ""),
-        "precision": "bf16-autocast" if options and options.autocast_bf16 else DTYPE_NAMES[model.unet.dtype],
+        "precision": getattr(model.unet, "engine_precision", None)  # the OpenVINO engine's
+        or ("bf16-autocast" if options and options.autocast_bf16 else DTYPE_NAMES[model.unet.dtype]),
         "deep_cache": options.deep_cache if options else "off",
+        **({} if is_full(settings.guidance_interval) else {"guidance_interval": list(settings.guidance_interval)}),
     }
     was_training = model.training
     model.eval()
@@ -122,17 +125,25 @@ def generate(
             batch = jobs[start : start + settings.batch_size]
             with options.active(model.unet) if options else nullcontext():
                 # both sides of guidance encoded under the same autocast, so they share one precision
-                negative = encode_prompts(model, [settings.negative_prompt])  # (1, 77, D)
+                positive = encode_prompts(model, [prompt for prompt, _ in batch])  # (B, 77, D)
+                negative = encode_prompts(model, [settings.negative_prompt]).expand_as(positive)  # (B, 77, D)
+                scale, callback, inputs = settings.guidance_scale, on_step, ["latents"]
+                if settings.guidance_scale > 1 and not is_full(settings.guidance_interval):
+                    callback = GuidanceInterval(
+                        settings.guidance_interval, settings.steps, scale, positive, negative, on_step
+                    )
+                    scale, inputs = callback.initial_scale, ["latents", "prompt_embeds"]
                 output = pipe(
-                    prompt_embeds=encode_prompts(model, [prompt for prompt, _ in batch]),  # (B, 77, D)
-                    negative_prompt_embeds=negative.expand(len(batch), -1, -1),
+                    prompt_embeds=positive,
+                    negative_prompt_embeds=negative,
                     height=height,
                     width=width,
                     num_inference_steps=settings.steps,
-                    guidance_scale=settings.guidance_scale,
+                    guidance_scale=scale,
                     generator=[torch.Generator("cpu").manual_seed(s) for _, s in batch],
                     output_type="pil",
-                    callback_on_step_end=on_step,
+                    callback_on_step_end=callback,
+                    callback_on_step_end_tensor_inputs=inputs,
                 )
             for (prompt, image_seed), image in zip(batch, output.images, strict=True):
                 image.info.update({**base_info, "prompt": prompt, "seed": image_seed})

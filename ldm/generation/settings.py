@@ -35,6 +35,7 @@ class SampleSettings:
     width: int | None
     num_images: int  # per prompt
     batch_size: int
+    guidance_interval: tuple[float, float] = (0.0, 1.0)  # fractions of the schedule guided; conf: image.yaml
 
     @classmethod
     def from_config(cls, cfg: Any, prompts: Sequence[str], **fixed: Any) -> SampleSettings:
@@ -43,6 +44,8 @@ class SampleSettings:
         names = [f.name for f in fields(cls) if f.name != "prompts"]
         values = {name: fixed[name] if name in fixed else cfg[name] for name in names}
         values["negative_prompt"] = str(values["negative_prompt"] or "")
+        if isinstance(values["guidance_interval"], Sequence) and not isinstance(values["guidance_interval"], str):
+            values["guidance_interval"] = tuple(values["guidance_interval"])
         return cls(prompts=tuple(prompts), **values)
 
 
@@ -71,6 +74,15 @@ def validate_settings(s: SampleSettings, limits: Limits | None = None) -> None:
     _require(
         s.seed is None or (is_int(s.seed) and 0 <= s.seed <= MAX_SEED),
         f"seed={s.seed!r}: expected null (random) or an integer in [0, {MAX_SEED}]",
+    )
+    interval = s.guidance_interval
+    _require(
+        isinstance(interval, tuple)
+        and len(interval) == 2
+        and all(isinstance(x, int | float) and not isinstance(x, bool) for x in interval)
+        and 0 <= interval[0] <= interval[1] <= 1,
+        f"guidance_interval={list(interval) if isinstance(interval, tuple) else interval!r}: "
+        "expected [start, end] with 0 ≤ start ≤ end ≤ 1 (fractions of the schedule; [0, 1] guides every step)",
     )
     for key in ("num_images", "batch_size"):
         value = getattr(s, key)

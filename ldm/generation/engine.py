@@ -1,0 +1,171 @@
+"""`engine: auto | torch | openvino`: which runtime runs the frozen U-Net and VAE decoder.
+
+Why a choice and `auto`: OpenVINO runs the base's U-Net faster than torch on CPUs (docs/engine.md), but it is
+an optional dependency and its compiler can fail on some CPUs; `auto` uses it when it imports and compiles,
+else torch, with one warning that says why. The text encoder (the fine-tuned part, and its projection)
+always stays in torch, so every checkpoint of a base shares one converted U-Net and VAE.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ldm.errors import ConfigError, expect
+from ldm.generation.guidance import is_full
+from ldm.hardware import cpu_has_native_bf16
+
+log = logging.getLogger(__name__)
+ENGINES = ("auto", "torch", "openvino")
+QUANTIZE = (None, "int8")
+
+
+class EngineError(ConfigError):
+    """`engine=openvino` asked for but it cannot run here (not installed, failed to compile, unsupported option)."""
+
+
+def check_engine_config(engine: Any) -> None:
+    """Raise `ConfigError` for bad `engine.*` values (before any model loads)."""
+    expect(engine.get("backend") in ENGINES, "engine.backend", engine.get("backend"), " | ".join(ENGINES))
+    expect(engine.get("quantize") in QUANTIZE, "engine.quantize", engine.get("quantize"), "null | int8")
+    prompts = engine.get("calibration_prompts")
+    expect(
+        bool(prompts) and all(isinstance(p, str) and p.strip() for p in prompts),
+        "engine.calibration_prompts",
+        prompts,
+        "a non-empty list of prompts",
+    )
+
+
+def engine_precision(dtype: str) -> str:
+    """OpenVINO's INFERENCE_PRECISION_HINT: bf16 where the CPU has a bf16 unit (or dtype=bf16), else f32."""
+    if dtype == "bf16" or (dtype == "auto" and cpu_has_native_bf16()):
+        return "bf16"
+    return "f32"
+
+
+def install_engine(model: Any, cfg: Any, device: torch.device) -> str:
+    """Swap `model.unet` / `model.vae` for compiled OpenVINO models when the config asks; return the engine used."""
+    engine = cfg.engine
+    check_engine_config(engine)
+    backend = engine.backend
+    if backend == "torch":
+        return "torch"
+    reason = None
+    if device.type != "cpu":
+        reason = f"device={device} (OpenVINO runs the CPU here)"
+    elif int(cfg.deep_cache.interval) > 1:
+        reason = "deep_cache.interval > 1 runs on the torch U-Net only"
+    if reason is None:
+        try:
+            build_openvino(model, cfg)
+            return "openvino"
+        except ImportError as err:
+            reason = f"OpenVINO is not installed ({err}); pip install '.[openvino]'"
+        except RuntimeError as err:  # OpenVINO's conversion and compile errors
+            reason = f"OpenVINO failed: {str(err).strip().splitlines()[0][:300]}"
+    if backend == "openvino":
+        raise EngineError(f"engine.backend=openvino: {reason}")
+    warnings.warn(f"engine.backend=auto: using torch, because {reason}", stacklevel=2)
+    return "torch"
+
+
+def build_openvino(model: Any, cfg: Any) -> None:
+    """Load (or build once) the cached OpenVINO U-Net and VAE decoder for this base and install them."""
+    import openvino as ov
+
+    from ldm.generation.openvino import cache, export
+    from ldm.generation.openvino.runtime import CompiledByShape, OpenVINOUNet, OpenVINOVAE
+
+    engine = cfg.engine
+    precision, quantize = engine_precision(cfg.dtype), engine.quantize
+    fingerprint = cache.fingerprint(model.unet, model.vae)
+    root = Path(engine.cache_dir) / fingerprint
+    version = ov.get_version()
+    core = ov.Core()
+    core.set_property("CPU", {"CACHE_DIR": str(root / "compiled")})
+    properties = {"INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": torch.get_num_threads()}
+    properties["PERFORMANCE_HINT"] = "LATENCY"
+    side = model.unet.config.sample_size
+
+    def expected(q: str | None) -> dict[str, Any]:
+        return {"fingerprint": fingerprint, "openvino": version, "precision": precision, "quantize": q}
+
+    def build_float(tmp: Path) -> list[str]:
+        export.save(export.convert_unet(model.unet), tmp / export.UNET_FILE, precision)
+        export.save(export.convert_vae_decoder(model.vae, side), tmp / export.VAE_FILE, precision)
+        return [name for f in (export.UNET_FILE, export.VAE_FILE) for name in (f, f.replace(".xml", ".bin"))]
+
+    folder, _ = cache.ensure_entry(
+        root / cache.entry_key(version, precision, None), expected(None), build_float, "U-Net and VAE decoder"
+    )
+    if quantize == "int8":
+        float_folder = folder
+
+        def build_int8(tmp: Path) -> list[str]:
+            samples = calibration_samples(model, core, float_folder, properties, cfg)
+            unet = export.quantize_unet(core.read_model(str(float_folder / export.UNET_FILE)), samples)
+            export.save(unet, tmp / export.UNET_FILE, precision)
+            vae = export.compress_weights(core.read_model(str(float_folder / export.VAE_FILE)))
+            export.save(vae, tmp / export.VAE_FILE, precision)
+            return [name for f in (export.UNET_FILE, export.VAE_FILE) for name in (f, f.replace(".xml", ".bin"))]
+
+        folder, _ = cache.ensure_entry(
+            root / cache.entry_key(version, precision, "int8"), expected("int8"), build_int8, "int8 U-Net and VAE"
+        )
+    label = f"openvino-{precision}" + (f"-{quantize}" if quantize else "")
+    unet = CompiledByShape(core, core.read_model(str(folder / export.UNET_FILE)), properties, "U-Net")
+    vae = CompiledByShape(core, core.read_model(str(folder / export.VAE_FILE)), properties, "VAE decoder")
+    unet_config, vae_config = model.unet.config, model.vae.config
+    # compiled now, not at the first step: `auto` falls back to torch on a compile error, and the cached
+    # blobs make this the few seconds a second run takes
+    guided, plain = cfg.guidance_scale > 1, cfg.guidance_scale <= 1 or not is_full(cfg.guidance_interval)
+    for batch in [2] * guided + [1] * plain:  # batch 1: the unguided steps
+        unet.compile(((batch, unet_config.in_channels, side, side), (1,), (batch, 77, unet_config.cross_attention_dim)))
+    vae.compile(((1, vae_config.latent_channels, side, side),))
+    model.unet = OpenVINOUNet(unet, unet_config, label)  # the torch modules are dropped: their memory is freed
+    model.vae = OpenVINOVAE(vae, vae_config, label)
+    gc.collect()
+
+
+def calibration_samples(
+    model: Any, core: Any, folder: Path, properties: dict, cfg: Any
+) -> list[tuple[np.ndarray, ...]]:
+    """The U-Net's inputs along its own denoising trajectories for `engine.calibration_prompts`.
+
+    Rendered with the float engine through `generate` (sample.py's path), so int8 statistics come from the
+    latents, timesteps and conditionings the model really sees, not random tensors.
+    """
+    from ldm.generation.openvino import export
+    from ldm.generation.openvino.runtime import CompiledByShape, OpenVINOUNet, OpenVINOVAE
+    from ldm.generation.pipeline import generate
+    from ldm.generation.settings import SampleSettings
+
+    samples: list[tuple[np.ndarray, ...]] = []
+    run = CompiledByShape(core, core.read_model(str(folder / export.UNET_FILE)), properties, "U-Net")
+    decode = CompiledByShape(core, core.read_model(str(folder / export.VAE_FILE)), properties, "VAE decoder")
+
+    def record(*arrays: np.ndarray) -> np.ndarray:
+        samples.append(tuple(np.array(a, copy=True) for a in arrays))
+        return run(*arrays)
+
+    torch_unet, torch_vae = model.unet, model.vae
+    model.unet = OpenVINOUNet(record, torch_unet.config, "calibration")  # type: ignore[arg-type]
+    model.vae = OpenVINOVAE(decode, torch_vae.config, "calibration")
+    try:
+        prompts: Sequence[str] = list(cfg.engine.calibration_prompts)
+        settings = SampleSettings(
+            prompts=tuple(prompts), negative_prompt="", steps=cfg.steps, guidance_scale=cfg.guidance_scale,
+            scheduler=cfg.scheduler, seed=0, height=None, width=None, num_images=1, batch_size=1,
+        )  # fmt: skip
+        generate(model, settings)
+    finally:
+        model.unet, model.vae = torch_unet, torch_vae
+    return samples

@@ -1,0 +1,87 @@
+"""torch -> OpenVINO IR for the U-Net and the VAE decoder, and nncf's int8 versions of them.
+
+Why dynamic shapes in the IR: one export serves every image size and batch; `runtime.CompiledByShape`
+reshapes a copy to static shapes before compiling. Weights are stored as fp16 for a bf16 engine (half the
+file and the memory map; bf16 keeps fewer mantissa bits than fp16, so nothing is lost) and as fp32 for f32.
+int8 follows optimum-intel's hybrid mode for diffusion models: the U-Net's weights and activations are
+quantized (calibrated on its own denoising inputs), the VAE decoder's weights only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+UNET_FILE, VAE_FILE = "unet.xml", "vae_decoder.xml"
+
+
+class _UNetCall(torch.nn.Module):
+    """The three tensors diffusers passes, the noise prediction back (no dataclass for the tracer)."""
+
+    def __init__(self, unet: torch.nn.Module) -> None:
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor):
+        return self.unet(sample, timestep, encoder_hidden_states, return_dict=False)[0]
+
+
+class _Decode(torch.nn.Module):
+    def __init__(self, vae: torch.nn.Module) -> None:
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(latent, return_dict=False)[0]
+
+
+def convert_unet(unet: Any) -> Any:
+    """The U-Net as an ov.Model: inputs sample (B, C, h, w), timestep (1,) float, context (B, 77, D)."""
+    import openvino as ov
+
+    c, d, side = unet.config.in_channels, unet.config.cross_attention_dim, unet.config.sample_size
+    example = (torch.randn(2, c, side, side), torch.tensor([500.0]), torch.randn(2, 77, d))
+    shapes = [("sample", [-1, c, -1, -1]), ("timestep", [1]), ("encoder_hidden_states", [-1, 77, d])]
+    with torch.no_grad():
+        return ov.convert_model(_UNetCall(unet.float().eval()), example_input=example, input=shapes)
+
+
+def convert_vae_decoder(vae: Any, side: int) -> Any:
+    """The VAE decoder as an ov.Model: (B, 4, h, w) scaled latents -> (B, 3, 8h, 8w) image in [-1, 1]."""
+    import openvino as ov
+
+    c = vae.config.latent_channels
+    with torch.no_grad():
+        return ov.convert_model(
+            _Decode(vae.float().eval()),
+            example_input=(torch.randn(1, c, side, side),),
+            input=[("latent", [-1, c, -1, -1])],
+        )
+
+
+def quantize_unet(model: Any, samples: Sequence[tuple]) -> Any:
+    """nncf post-training int8 (weights and activations), its statistics from `samples` (U-Net inputs)."""
+    import nncf
+
+    return nncf.quantize(
+        model,
+        nncf.Dataset(list(samples), lambda s: {"sample": s[0], "timestep": s[1], "encoder_hidden_states": s[2]}),
+        model_type=nncf.ModelType.TRANSFORMER,
+        subset_size=len(samples),
+    )
+
+
+def compress_weights(model: Any) -> Any:
+    """nncf int8 weight compression (activations stay in the float precision)."""
+    import nncf
+
+    return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
+
+
+def save(model: Any, path: Path, precision: str) -> None:
+    import openvino as ov
+
+    ov.save_model(model, str(path), compress_to_fp16=precision == "bf16")

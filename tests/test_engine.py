@@ -1,0 +1,200 @@
+"""The OpenVINO engine (ldm/generation/engine.py, ldm/generation/openvino/) and the guidance interval (tiny model).
+
+One real export per module (the tiny U-Net and VAE through `ov.convert_model`), then cache hits; the
+corrupt-entry case rebuilds for real. Images are compared with the torch fp32 path at the same seed.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ldm.errors import ConfigError, SamplingError
+from ldm.generation.engine import EngineError
+from ldm.generation.loading import load_for_inference
+from ldm.generation.openvino import cache
+from ldm.generation.openvino.runtime import OpenVINOUNet
+from ldm.generation.pipeline import generate
+from ldm.generation.settings import SampleSettings
+from tests.conftest import compose_config
+
+pytest.importorskip("openvino")
+PROMPT = "a red circle on the left"
+# OpenVINO f32 vs torch fp32, 8-bit pixels after 4 DPM++ steps and the VAE: different kernels, same maths
+MAX_PIXEL_DIFF = 2
+
+
+@pytest.fixture(scope="module")
+def engine_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("openvino")
+
+
+def sample_cfg(cache_dir: Path, engine_cache: Path, *overrides: str):
+    return compose_config(
+        "sample",
+        ["model=tiny", f"paths.cache_dir={cache_dir}", f"engine.cache_dir={engine_cache}", "dtype=fp32", *overrides],
+    )
+
+
+def load(cache_dir: Path, engine_cache: Path, *overrides: str):
+    cfg = sample_cfg(cache_dir, engine_cache, *overrides)
+    return load_for_inference(cfg, base_override=True), cfg
+
+
+def render(model, cfg, steps: int = 4, **changes) -> tuple[np.ndarray, dict]:
+    base = SampleSettings.from_config(cfg, (PROMPT,))
+    (image,) = generate(model, SampleSettings(**{**base.__dict__, "steps": steps, "seed": 3, **changes}))
+    return np.asarray(image, dtype=np.int16), image.info
+
+
+def entry_of(engine_cache: Path) -> Path:
+    (entry,) = [p for p in engine_cache.glob("*/ov*-f32-v*") if p.is_dir()]
+    return entry
+
+
+@pytest.fixture(scope="module")
+def ov_model(cache_dir: Path, engine_cache: Path):
+    """The first load: a cache miss, so the export runs (once for the module)."""
+    return load(cache_dir, engine_cache, "engine.backend=openvino")
+
+
+def test_export_writes_a_checked_entry_and_images_match_torch_fp32(ov_model, cache_dir, engine_cache) -> None:
+    model, cfg = ov_model
+    assert isinstance(model.unet, OpenVINOUNet) and model.text_encoder.__class__.__module__.startswith("transformers")
+    entry = entry_of(engine_cache)
+    manifest = json.loads((entry / cache.MANIFEST).read_text())
+    assert set(manifest["files"]) == {"unet.xml", "unet.bin", "vae_decoder.xml", "vae_decoder.bin"}
+    assert manifest["precision"] == "f32" and manifest["quantize"] is None
+    assert (entry.parent / "compiled").is_dir() and any((entry.parent / "compiled").iterdir())  # CACHE_DIR blobs
+    ours, info = render(model, cfg)
+    torch_model, torch_cfg = load(cache_dir, engine_cache, "engine.backend=torch")
+    reference, torch_info = render(torch_model, torch_cfg)
+    assert info["precision"] == "openvino-f32" and torch_info["precision"] == "fp32"
+    assert np.abs(ours - reference).max() <= MAX_PIXEL_DIFF
+    assert np.abs(ours - render(torch_model, torch_cfg, seed=4)[0]).mean() > 5  # another seed is another image
+
+
+def test_second_load_is_a_cache_hit(ov_model, cache_dir, engine_cache, capfd) -> None:
+    capfd.readouterr()
+    model, _ = load(cache_dir, engine_cache, "engine.backend=openvino")
+    assert isinstance(model.unet, OpenVINOUNet)
+    assert "building the OpenVINO" not in capfd.readouterr().err
+
+
+def test_stale_and_altered_entries_are_detected(ov_model, engine_cache, tmp_path) -> None:
+    entry = entry_of(engine_cache)
+    expected = {k: v for k, v in json.loads((entry / cache.MANIFEST).read_text()).items() if k not in ("files",)}
+    copy = shutil.copytree(entry, tmp_path / "entry")
+    assert cache.check_entry(copy, expected) is None
+    assert "openvino is" in cache.check_entry(copy, {**expected, "openvino": "2099.1.0"})  # another version: stale
+    data = bytearray((copy / "vae_decoder.bin").read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte, same size
+    (copy / "vae_decoder.bin").write_bytes(bytes(data))
+    assert "does not match its checksum" in cache.check_entry(copy, expected)
+    (copy / cache.MANIFEST).unlink()
+    assert cache.check_entry(copy, expected) == "no readable manifest"
+
+
+@pytest.mark.slow  # a second real export
+def test_a_corrupt_entry_is_rebuilt_and_logged(ov_model, cache_dir, engine_cache, capfd, caplog, tmp_path) -> None:
+    copy = shutil.copytree(engine_cache, tmp_path / "openvino")  # ov_model memory-maps the original's files
+    entry = entry_of(copy)
+    with open(entry / "unet.bin", "r+b") as f:
+        f.truncate(100)  # an interrupted copy, say
+    capfd.readouterr()
+    with caplog.at_level("WARNING"):
+        model, cfg = load(cache_dir, copy, "engine.backend=openvino")
+    assert "unet.bin is missing or truncated" in caplog.text and "rebuilding" in caplog.text
+    err = capfd.readouterr().err
+    assert "building the OpenVINO U-Net and VAE decoder" in err and "built the OpenVINO" in err
+    assert cache.check_entry(entry, {}) is None  # complete again
+    assert render(model, cfg)[0].shape == (64, 64, 3)
+
+
+def test_auto_falls_back_to_torch_when_openvino_is_missing(cache_dir, engine_cache, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "openvino", None)  # `import openvino` now raises ImportError
+    with pytest.warns(UserWarning, match=r"engine.backend=auto: using torch, because OpenVINO is not installed"):
+        model, _ = load(cache_dir, engine_cache, "engine.backend=auto")
+    assert not isinstance(model.unet, OpenVINOUNet)
+    with pytest.raises(EngineError, match=r"engine.backend=openvino: OpenVINO is not installed"):
+        load(cache_dir, engine_cache, "engine.backend=openvino")
+
+
+def test_auto_falls_back_to_torch_when_compiling_fails(ov_model, cache_dir, engine_cache, monkeypatch) -> None:
+    import openvino as ov
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("Exception from src/plugins/intel_cpu: simulated compile failure")
+
+    monkeypatch.setattr(ov.Core, "compile_model", fail)
+    with pytest.warns(UserWarning, match="OpenVINO failed: Exception from src/plugins/intel_cpu: simulated"):
+        model, cfg = load(cache_dir, engine_cache, "engine.backend=auto")
+    assert not isinstance(model.unet, OpenVINOUNet) and render(model, cfg)[1]["precision"] == "fp32"
+
+
+def test_deep_cache_and_bad_values_are_clear_errors(cache_dir, engine_cache) -> None:
+    with pytest.raises(EngineError, match=r"deep_cache.interval > 1 runs on the torch U-Net only"):
+        load(cache_dir, engine_cache, "engine.backend=openvino", "deep_cache.interval=3")
+    with pytest.raises(ConfigError, match=r"engine.backend='fast'.*auto \| torch \| openvino"):
+        load(cache_dir, engine_cache, "engine.backend=fast")
+    with pytest.raises(ConfigError, match=r"engine.quantize='int4'"):
+        load(cache_dir, engine_cache, "engine.quantize=int4")
+
+
+# --- guidance interval, on both engines ------------------------------------------------------------
+def unet_batches(model) -> list[int]:
+    batches: list[int] = []
+    model.unet.register_forward_pre_hook(lambda module, args: batches.append(args[0].shape[0]))
+    return batches
+
+
+@pytest.mark.parametrize("engine", ["torch", "openvino"])
+def test_guidance_interval(engine, ov_model, cache_dir, engine_cache) -> None:
+    model, cfg = ov_model if engine == "openvino" else load(cache_dir, engine_cache, "engine.backend=torch")
+    batches = unet_batches(model)
+    plain, _ = render(model, cfg)
+    inside, info = render(model, cfg, guidance_interval=(0.0, 0.99))  # every step i/4 < 0.99: all guided
+    assert np.array_equal(inside, plain) and info["guidance_interval"] == [0.0, 0.99]
+    assert batches == [2] * 8
+    batches.clear()
+    none, _ = render(model, cfg, guidance_interval=(0.5, 0.5))  # zero width: conditional only
+    unguided, _ = render(model, cfg, guidance_scale=1.0)
+    assert np.array_equal(none, unguided) and not np.array_equal(none, plain)
+    assert batches == [1] * 8  # half the U-Net work
+    batches.clear()
+    half, _ = render(model, cfg, guidance_interval=(0.5, 1.0))
+    assert batches == [1, 1, 2, 2]
+    assert not np.array_equal(half, plain) and not np.array_equal(half, unguided)
+
+
+def test_guidance_interval_is_checked() -> None:
+    cfg = compose_config("sample", ["model=tiny", "guidance_interval=[0.6,0.2]"])
+    from ldm.generation.settings import validate_settings
+
+    with pytest.raises(SamplingError, match=r"guidance_interval=\[0.6, 0.2\]: expected \[start, end\] with 0 ≤ start"):
+        validate_settings(SampleSettings.from_config(cfg, (PROMPT,)))
+
+
+@pytest.mark.slow
+def test_int8_engine_is_calibrated_on_its_own_trajectories(ov_model, cache_dir, engine_cache, capfd) -> None:
+    model, cfg = load(cache_dir, engine_cache, "engine.backend=openvino", "engine.quantize=int8", "steps=3")
+    (entry,) = engine_cache.glob("*/ov*-f32-int8-v*")
+    assert json.loads((entry / cache.MANIFEST).read_text())["quantize"] == "int8"
+    assert "int8 U-Net and VAE" in capfd.readouterr().err
+    ours, info = render(model, cfg)
+    reference, _ = render(*ov_model)
+    assert info["precision"] == "openvino-f32-int8"
+    assert np.abs(ours - reference).mean() < 20  # the same picture, up to int8 rounding
+
+
+def test_fingerprint_follows_the_weights() -> None:
+    a, b = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    assert cache.fingerprint(a) != cache.fingerprint(b)
+    b.load_state_dict(a.state_dict())
+    assert cache.fingerprint(a) == cache.fingerprint(b)
