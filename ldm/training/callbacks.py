@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -150,6 +151,7 @@ class SampleImages(L.Callback):
         width: int | None,
         batch_size: int,
         tag: str,
+        guidance_interval: Sequence[float] = (0.0, 1.0),
     ) -> None:
         if every_n_epochs < 1:
             raise ValueError(f"every_n_epochs={every_n_epochs}: expected an integer ≥ 1")
@@ -158,6 +160,7 @@ class SampleImages(L.Callback):
             negative_prompt=negative_prompt,
             steps=steps,
             guidance_scale=guidance_scale,
+            guidance_interval=tuple(guidance_interval),
             scheduler=scheduler,
             seed=seed,
             height=height,
