@@ -11,10 +11,9 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from ldm.components import check_trainable
-from ldm.errors import ConfigError, expect, is_int, require
+from ldm.errors import expect, is_int, require
 from ldm.tiny import ensure_tiny_pretrained
 
-__all__ = ["ConfigError", "register_resolvers", "validate_train_config"]
 # diffusers' schedules whose shape does not depend on num_training_steps (the others decay over it)
 LENGTH_FREE_SCHEDULES = ("constant", "constant_with_warmup", "piecewise_constant")
 
