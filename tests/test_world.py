@@ -53,6 +53,7 @@ STAGE_SMALL = {
         "callbacks.adherence.batch_size=2",
         "callbacks.adherence.steps=2",
         "callbacks.adherence.grid_prompts=2",
+        "+callbacks.adherence.other_judges.again=${paths.shapes_dir}/judge",  # a second judge: here the same one
     ],
 }
 
@@ -230,6 +231,10 @@ def test_report_has_its_fields(stages) -> None:
         low, high = check["ci95"]
         assert low <= check["value"] <= high
     assert "95% Wilson interval" in format_table(report)
+    # every image is scored by each of other_judges too; the same judge again must give the same figures
+    assert report["adherence_by_other_judge"]["again"] == report["adherence"]
+    assert report["other_judges"]["again"]["accuracy"] == report["judge"]["accuracy"]
+    assert "scored by again" in format_table(report, "again")
     assert (runs / "second" / "grid.png").is_file()
     assert (runs / "second" / "final_model" / "text_encoder").is_dir()
 

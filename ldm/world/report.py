@@ -90,15 +90,18 @@ def _cell(row: Mapping[str, Any], key: str) -> str:
     return f"{row[key]:>6.1%} [{low:>3.0%},{high:>4.0%}]"
 
 
-def format_table(report: Mapping[str, Any]) -> str:
-    """Plain-text table of adherence by stage and vocabulary, each share with its 95% Wilson interval."""
+def format_table(report: Mapping[str, Any], judge: str | None = None) -> str:
+    """Plain-text table of adherence by stage and vocabulary, each share with its 95% Wilson interval.
+
+    judge: None for the evaluation judge's `adherence`, or a name in `adherence_by_other_judge`."""
     chance = report["chance"]
+    adherence = report["adherence"] if judge is None else report["adherence_by_other_judge"][judge]
     width = 20
     head = f"{'stage':<15}{'prompts':<9}{'n':>5}" + "".join(f"{a:>{width}}" for a in (*ATTRIBUTES, "mean"))
     lines = [head, "-" * len(head)]
     for stage, label in STAGES.items():
         for vocab in VOCABULARIES:
-            row = report["adherence"].get(stage, {}).get(vocab)
+            row = adherence.get(stage, {}).get(vocab)
             if row is not None:
                 cells = "".join(f"{_cell(row, a):>{width}}" for a in (*ATTRIBUTES, "mean"))
                 lines.append(f"{label:<15}{vocab:<9}{row['n']:>5}{cells}")
@@ -106,6 +109,9 @@ def format_table(report: Mapping[str, Any]) -> str:
     lines.append(
         f"{'chance':<29}" + "".join(f"{chance[a]:>{width}.1%}" for a in ATTRIBUTES) + f"{mean_chance:>{width}.1%}"
     )
+    if judge is not None:
+        lines.append(f"scored by {judge}, on the same images as the evaluation judge's table")
+        return "\n".join(lines)
     lines.append("[low, high]: 95% Wilson interval; targets are judged on the point estimate")
     for name, check in report.get("checks", {}).items():
         low, high = check["ci95"]
@@ -130,6 +136,8 @@ class AdherenceReport(L.Callback):
     """Judge the module on fixed prompts per vocabulary before fine-tuning and after; write the report.
 
     Every `curve_every_n_epochs` epochs (null: never) it also judges new-vocabulary prompts, for the curve.
+    `other_judges` (name -> judge folder) score the very same images too, e.g. the reward classifier of
+    experiment=shapes_reward: adherence under the judge that was optimised, beside the one that was not.
     """
 
     def __init__(
@@ -148,8 +156,12 @@ class AdherenceReport(L.Callback):
         grid_scale: int,
         curve_every_n_epochs: int | None,
         targets: Mapping[str, float],
+        other_judges: Mapping[str, str] | None = None,
     ) -> None:
         self.judge_dir = judge
+        self.other_judge_dirs = dict(other_judges or {})
+        self.other_judges: dict[str, Any] = {}
+        self.other_adherence: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in self.other_judge_dirs}
         self.out_dir = Path(out_dir)
         self.plan = SamplingPlan(steps, guidance_scale, scheduler, seed, batch_size)
         self.prompts = {v: eval_prompts(v, prompts_per_vocabulary, templates, seed) for v in VOCABULARIES}
@@ -174,6 +186,7 @@ class AdherenceReport(L.Callback):
                 f"no judge at {self.judge_dir}: run `python train.py experiment=shapes_judge` first "
                 "(or `make demo`, which runs every stage)"
             ) from None
+        self.other_judges = {name: load_judge(path) for name, path in self.other_judge_dirs.items()}
 
     def _evaluate(self, module: TextEncoderFineTuner, stage: str, vocabularies: Sequence[str]) -> dict[str, Any]:
         start = time.perf_counter()
@@ -182,6 +195,11 @@ class AdherenceReport(L.Callback):
             prompts: list[Prompt] = self.prompts[vocab]
             images = render(module, prompts, self.plan, desc=f"adherence {STAGES.get(stage, stage)}, {vocab} prompts")
             result[vocab] = with_intervals(score(self.judge, images, prompts), len(prompts))
+            for name, (other, _) in self.other_judges.items():
+                if stage not in STAGES:
+                    continue  # the curve is the evaluation judge's alone
+                scores = with_intervals(score(other, images, prompts), len(prompts))
+                self.other_adherence[name].setdefault(stage, {})[vocab] = scores
             self.grid_images.setdefault(stage, {})[vocab] = images[: self.grid_prompts]
         self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
         return result
@@ -218,7 +236,7 @@ class AdherenceReport(L.Callback):
             for stage in STAGES
         ]
         before_after_grid(rows, self.grid_scale).save(self.out_dir / "grid.png")
-        table = format_table(report)
+        table = "\n\n".join([format_table(report), *(format_table(report, name) for name in self.other_judges)])
         print(f"\n{table}\nreport: {self.out_dir / 'report.json'}   grid: {self.out_dir / 'grid.png'}", flush=True)
 
     def build_report(self, module: TextEncoderFineTuner, trainer: L.Trainer) -> dict[str, Any]:
@@ -238,6 +256,10 @@ class AdherenceReport(L.Callback):
             "chance": chance_levels(),
             "judge": self.judge_report,
             "adherence": self.adherence,
+            "other_judges": {
+                name: {"dir": self.other_judge_dirs[name], **rep} for name, (_, rep) in self.other_judges.items()
+            },
+            "adherence_by_other_judge": self.other_adherence,
             "curve": self.curve,
             "stage3": {
                 "steps": trainer.global_step,
