@@ -71,7 +71,11 @@ def file_mib(path: Path) -> float | None:
 
 
 def run_variant(name: str, args: argparse.Namespace, out: Path, runs: dict[str, Path]) -> dict[str, Any]:
-    """Train one variant in its own process; its report.json figures plus time, memory and file sizes."""
+    """Train one variant in its own process; its report.json figures plus time, memory and file sizes.
+
+    With --reuse, a variant whose run folder already holds report.json and measured.json (a finished
+    variant of an interrupted run of this benchmark) is read back instead of trained again.
+    """
     run_dir = out / name.replace("+", "_")
     overrides = [o.replace(STAGE3_RUN, str(runs.get("stage3", ""))) for o in VARIANTS[name]]
     if any(STAGE3_RUN in o for o in VARIANTS[name]) and "stage3" not in runs:
@@ -86,10 +90,16 @@ def run_variant(name: str, args: argparse.Namespace, out: Path, runs: dict[str, 
         "++trainer.enable_progress_bar=false",
         *args.set,
     ]
-    print(f"{name}: python {' '.join(cmd)}", flush=True)
-    code, wall, rss = run_measured(cmd, run_dir.with_suffix(".log"))
-    if code != 0:
-        sys.exit(f"error: variant {name} failed (exit {code}); see {run_dir.with_suffix('.log')}")
+    measured = run_dir / "measured.json"
+    if args.reuse and measured.is_file() and (run_dir / "report.json").is_file():
+        wall, rss = (json.loads(measured.read_text())[k] for k in ("wall_s", "peak_rss_gib"))
+        print(f"{name}: finished earlier in {run_dir}, read back", flush=True)
+    else:
+        print(f"{name}: python {' '.join(cmd)}", flush=True)
+        code, wall, rss = run_measured(cmd, run_dir.with_suffix(".log"))
+        if code != 0:
+            sys.exit(f"error: variant {name} failed (exit {code}); see {run_dir.with_suffix('.log')}")
+        measured.write_text(json.dumps({"wall_s": wall, "peak_rss_gib": rss}) + "\n")
     runs[name] = run_dir
     report = json.loads((run_dir / "report.json").read_text())
     rendering = sum(report["seconds"].values())
@@ -171,6 +181,7 @@ def main() -> None:
     parser.add_argument("--name", default="shapes_methods")
     parser.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
     parser.add_argument("--runs", type=Path, default=ROOT / "outputs" / "benchmarks" / time.strftime("%Y%m%d-%H%M%S"))
+    parser.add_argument("--reuse", action="store_true", help="read back variants already finished in --runs")
     args = parser.parse_args()
     args.cache_dir = args.cache_dir.resolve()
     args.set = [*args.world, *args.set]
