@@ -91,8 +91,10 @@ def run_variant(name: str, args: argparse.Namespace, out: Path, runs: dict[str, 
         *args.set,
     ]
     measured = run_dir / "measured.json"
-    if args.reuse and measured.is_file() and (run_dir / "report.json").is_file():
-        wall, rss = (json.loads(measured.read_text())[k] for k in ("wall_s", "peak_rss_gib"))
+    reused = args.reuse and measured.is_file() and (run_dir / "report.json").is_file()
+    if reused:
+        record = json.loads(measured.read_text())
+        wall, rss, note = record["wall_s"], record["peak_rss_gib"], record.get("note")
         print(f"{name}: finished earlier in {run_dir}, read back", flush=True)
     else:
         print(f"{name}: python {' '.join(cmd)}", flush=True)
@@ -100,12 +102,15 @@ def run_variant(name: str, args: argparse.Namespace, out: Path, runs: dict[str, 
         if code != 0:
             sys.exit(f"error: variant {name} failed (exit {code}); see {run_dir.with_suffix('.log')}")
         measured.write_text(json.dumps({"wall_s": wall, "peak_rss_gib": rss}) + "\n")
+        note = None
     runs[name] = run_dir
     report = json.loads((run_dir / "report.json").read_text())
     rendering = sum(report["seconds"].values())
     result = {
         "overrides": overrides,
         "run_dir": str(run_dir),
+        "read_back": bool(reused),
+        "note": note,
         "wall_s": wall,
         "train_s": wall - rendering,
         "adherence_render_s": rendering,
@@ -204,6 +209,9 @@ def main() -> None:
             cost_table(results),
         ]
     )
+    for name, r in results.items():
+        if r["read_back"]:
+            report += f"\n\n{name}: read back from {r['run_dir']}" + (f" ({r['note']})" if r["note"] else "") + "."
     print(f"\n{machine}\n\n{report}\n")
     write_results(args.name, report, {"machine": machine, "prompts": n, "variants": results}, out_dir=args.out)
 
