@@ -112,3 +112,33 @@ def test_precision_cpu_smoke_writes_numbers_in_range(tmp_path: Path) -> None:
     assert 0 < unet["fp32_s"] < 60 and 0 < unet["bf16_autocast_s"] < 60
     assert abs(unet["bf16_over_fp32"] - unet["bf16_autocast_s"] / unet["fp32_s"]) < 1e-9
     assert "| U-Net call (32/64 ch, 8x8 latents, batch 2) |" in (tmp_path / "precision_cpu.md").read_text()
+
+
+def test_shapes_methods_tables_show_each_variants_figures_and_the_size_ratio() -> None:
+    """benchmarks/shapes_methods.py's tables: every variant's shares with intervals, and sizes against stage 3."""
+    from benchmarks.shapes_methods import adherence_table, cost_table
+    from ldm.world.adherence import with_intervals
+
+    def stage(new: float, base: float) -> dict:
+        shares = lambda m: {"shape": m, "colour": m, "position": m, "mean": m}  # noqa: E731
+        return {"new": with_intervals(shares(new), 360), "base": with_intervals(shares(base), 360)}
+
+    def variant(after: float, weights: float, steps: int) -> dict:
+        judged = {"base_model": stage(0.2, 0.9), "after_stage3": stage(after, 0.85)}
+        return {
+            "evaluation_judge": judged,
+            "reward_judge": judged,
+            "steps": steps,
+            "train_s": 200.0,
+            "adherence_render_s": 130.0,
+            "peak_rss_gib": 0.9,
+            "final_weights_mib": weights,
+            "last_ckpt_mib": 3 * weights,
+        }
+
+    results = {"stage3": variant(0.824, 12.0, 546), "lora-r4": variant(0.806, 0.06, 546)}
+    rows = adherence_table(results, "evaluation_judge").splitlines()[2:]
+    assert [r.split(" | ")[0].strip("| ") for r in rows] == ["base model", "stage3", "lora-r4"]
+    assert rows[0].split(" | ")[4] == "20.0 [16, 24]" and rows[1].split(" | ")[4] == "82.4 [78, 86]"
+    cost = cost_table(results).splitlines()[2:]
+    assert cost[0].split(" | ")[6] == "100.0%" and cost[1].split(" | ")[6] == "0.5%"  # 0.06 / 12 MiB
