@@ -275,3 +275,16 @@ def test_adherence_gives_each_prompt_its_own_seed(cache_dir: Path) -> None:
     first, second, alone = (np.asarray(im, dtype=np.int16) for im in (first, second, alone))
     assert np.abs(first - second).mean() > 10  # two noise draws, not one
     assert np.abs(alone - second).max() <= 1  # its own seed, whatever its place in the batch (up to rounding)
+
+
+def test_one_cache_named_two_ways_has_one_fingerprint(tmp_path: Path) -> None:
+    """`.cache` and its absolute path (or a moved cache folder) are the same cache; a changed setting is not."""
+    from ldm.world.stages import fingerprint
+
+    def of(*overrides: str) -> str:
+        return fingerprint(compose_config("train", ["experiment=shapes_base", *overrides]), [])
+
+    relative = of("paths.cache_dir=.cache", "paths.output_dir=a")
+    assert of(f"paths.cache_dir={Path('.cache').resolve()}", "paths.output_dir=b") == relative
+    assert of(f"paths.cache_dir={tmp_path}", "paths.output_dir=a") == relative
+    assert of("paths.cache_dir=.cache", "paths.output_dir=a", "trainer.max_steps=601") != relative

@@ -50,10 +50,15 @@ def stage_output(cfg: DictConfig) -> Path | None:
 
 
 def fingerprint(cfg: DictConfig, upstream: Sequence[str]) -> str:
-    """sha256 of the resolved config (run folder masked), the world's format version and the fingerprints of
-    the stages before."""
+    """sha256 of the resolved config (run folder and cache location masked), the world's format version and
+    the fingerprints of the stages before.
+
+    The cache location is masked so that one cache named two ways (`.cache` and its absolute path, or a
+    moved folder) is the same cache: what a stage computes depends on its config and its upstream stages'
+    fingerprints, not on where the folders live."""
     masked = OmegaConf.to_container(cfg, resolve=False)
     masked["paths"]["output_dir"] = "<run>"
+    masked["paths"]["cache_dir"] = "<cache>"
     text = OmegaConf.to_yaml(OmegaConf.create(masked), resolve=True) + "\n".join([f"world v{WORLD_VERSION}", *upstream])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
