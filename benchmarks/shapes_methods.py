@@ -29,7 +29,8 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import ROOT, default_cache_dir, machine_line, table, write_results
+from benchmarks.common import GIB, ROOT, default_cache_dir, machine_line, table, write_results
+from ldm.world.vocab import ATTRIBUTES
 
 STAGE3_RUN = "{stage3}"  # replaced by the stage3 variant's run folder of this benchmark run
 VARIANTS: dict[str, list[str]] = {  # variant -> train.py overrides
@@ -42,7 +43,7 @@ VARIANTS: dict[str, list[str]] = {  # variant -> train.py overrides
 }
 # demo.py's cached stages: the evaluation judge's chain and the reward judge's (as demo.py extras runs them)
 CACHED = ("[shapes_vae,shapes_base,shapes_judge]", "[shapes_vae,shapes_base,shapes_reward_judge]")
-ATTRIBUTES = ("shape", "colour", "position", "mean")
+SHARES = (*ATTRIBUTES, "mean")  # the columns of each adherence table, per vocabulary
 
 
 def run_measured(args: list[str], log_path: Path) -> tuple[int, float, float]:
@@ -52,7 +53,11 @@ def run_measured(args: list[str], log_path: Path) -> tuple[int, float, float]:
     with log_path.open("w") as log:
         process = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
         _, status, usage = os.wait4(process.pid, 0)
-    return os.waitstatus_to_exitcode(status), time.perf_counter() - start, usage.ru_maxrss / 2**20
+    return (
+        os.waitstatus_to_exitcode(status),
+        time.perf_counter() - start,
+        usage.ru_maxrss * 1024 / GIB,
+    )  # Linux reports KiB
 
 
 def ensure_cached_stages(cache_dir: Path, out: Path, common: list[str], demo_set: list[str]) -> None:
@@ -135,10 +140,10 @@ def adherence_table(results: dict[str, dict[str, Any]], judge: str) -> str:
     """Rows: the base model (from the first variant's before-pass) and each variant after training."""
     first = next(iter(results.values()))
     rows = [("base model", first[judge]["base_model"])] + [(n, r[judge]["after_stage3"]) for n, r in results.items()]
-    headers = ["model"] + [f"new {a}" for a in ATTRIBUTES] + [f"base {a}" for a in ATTRIBUTES]
+    headers = ["model"] + [f"new {a}" for a in SHARES] + [f"base {a}" for a in SHARES]
     return table(
         headers,
-        [[n, *(cell(s["new"], a) for a in ATTRIBUTES), *(cell(s["base"], a) for a in ATTRIBUTES)] for n, s in rows],
+        [[n, *(cell(s["new"], a) for a in SHARES), *(cell(s["base"], a) for a in SHARES)] for n, s in rows],
     )
 
 

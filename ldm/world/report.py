@@ -195,9 +195,8 @@ class AdherenceReport(L.Callback):
             prompts: list[Prompt] = self.prompts[vocab]
             images = render(module, prompts, self.plan, desc=f"adherence {STAGES.get(stage, stage)}, {vocab} prompts")
             result[vocab] = with_intervals(score(self.judge, images, prompts), len(prompts))
-            for name, (other, _) in self.other_judges.items():
-                if stage not in STAGES:
-                    continue  # the curve is the evaluation judge's alone
+            others = self.other_judges.items() if stage in STAGES else ()  # the curve is the evaluation judge's alone
+            for name, (other, _) in others:
                 scores = with_intervals(score(other, images, prompts), len(prompts))
                 self.other_adherence[name].setdefault(stage, {})[vocab] = scores
             self.grid_images.setdefault(stage, {})[vocab] = images[: self.grid_prompts]
