@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# every test runs one torch thread (tests/conftest.py), so one worker per core, up to 4, uses the machine
+PYTEST_WORKERS ?= -n auto --maxprocesses=4 --dist loadfile
 
 .PHONY: setup demo demo-tiny test test-fast lint format clean
 
@@ -19,11 +21,11 @@ demo: setup  ## offline CPU demo: shapes world, its 3 stages (cached in .cache/s
 demo-tiny: setup  ## seconds: the training path on tiny random components + generated Flickr8k-layout data
 	HF_HUB_OFFLINE=1 $(BIN)/python train.py experiment=tiny
 
-test: setup  ## the whole suite, offline (what CI runs)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
+test: setup  ## the whole suite, offline (what CI runs), on up to 4 worker processes (pytest-xdist)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_WORKERS)
 
 test-fast: setup  ## skip the @slow tests
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "not slow"
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_WORKERS) -m "not slow"
 
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -16,6 +16,9 @@ world's attribute judge scores shape, colour and position against the prompt:
   default      sample.py's defaults (DPM-Solver++ 15 steps, dtype auto)
   default-fp32 the same in fp32                 deep-cache   default + deep_cache.interval=3
   ddim-20      the sampler the demo's report uses
+  default-gi   default + guidance_interval=[0.2,0.8] (9 of 15 steps guided; the engine's opt-in)
+Each mean carries its 95% Wilson interval over the prompts, and `vs first` Newcombe's interval of the
+difference (ldm.world.adherence), so a gap can be read against the noise of the prompt count.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ VARIANTS: dict[str, list[str]] = {  # variant -> sample.py overrides on top of i
     "default-fp32": ["dtype=fp32"],
     "deep-cache": ["deep_cache.interval=3"],
     "ddim-20": ["scheduler=ddim", "steps=20"],
+    "default-gi": ["guidance_interval=[0.2,0.8]"],
 }
 
 
@@ -55,7 +59,8 @@ def judge_variant(
 
     cfg = compose_sample(args.model, args.checkpoint, [*VARIANTS[name], *args.set])
     module = load_for_inference(cfg, base_override=True)
-    plan = SamplingPlan(cfg.steps, cfg.guidance_scale, cfg.scheduler, args.seed, args.batch_size)
+    interval = tuple(cfg.guidance_interval)
+    plan = SamplingPlan(cfg.steps, cfg.guidance_scale, cfg.scheduler, args.seed, args.batch_size, interval)
     start = time.perf_counter()
     images = render(module, prompts, plan, desc=name)
     seconds = (time.perf_counter() - start) / len(prompts)
@@ -101,7 +106,7 @@ def main() -> None:
 
     import torch
 
-    from ldm.world.adherence import chance_levels, eval_prompts
+    from ldm.world.adherence import chance_levels, difference_interval, eval_prompts, with_intervals
     from ldm.world.export import load_judge
     from ldm.world.vocab import ATTRIBUTES
 
@@ -129,17 +134,26 @@ def main() -> None:
     print(setup, flush=True)
     rows, baseline, data = [], None, []
     for name in args.variants:
-        result, seconds, info = judge_variant(name, args, judge, prompts)
+        shares, seconds, info = judge_variant(name, args, judge, prompts)
+        result = with_intervals(shares, len(prompts))
         baseline = baseline or result
+        triple = (result["mean"], *result["ci95"]["mean"])
         delta = 100 * (result["mean"] - baseline["mean"])
+        d_low, d_high = (100 * x for x in difference_interval(triple, (baseline["mean"], *baseline["ci95"]["mean"])))
         settings = f"{info['scheduler']} x{info['steps']}, {info['precision']}, deep cache {info['deep_cache']}"
-        scores = [f"{100 * result[a]:.1f}" for a in (*ATTRIBUTES, "mean")]
-        rows.append([name, settings, info["guidance_scale"], *scores, f"{delta:+.1f}", f"{seconds:.2f}"])
+        if "guidance_interval" in info:
+            settings += f", guidance interval {info['guidance_interval']}"
+        scores = [f"{100 * result[a]:.1f}" for a in ATTRIBUTES]
+        mean = f"{100 * triple[0]:.1f} [{100 * triple[1]:.1f}, {100 * triple[2]:.1f}]"
+        versus = f"{delta:+.1f} [{d_low:+.1f}, {d_high:+.1f}]"
+        rows.append([name, settings, info["guidance_scale"], *scores, mean, versus, f"{seconds:.2f}"])
         data.append({"variant": name, "settings": settings, "guidance_scale": float(info["guidance_scale"]),
-                     "adherence": result, "vs_first_points": delta, "seconds_per_image": seconds})  # fmt: skip
+                     "adherence": result, "vs_first_points": delta, "vs_first_ci95_points": [d_low, d_high],
+                     "seconds_per_image": seconds})  # fmt: skip
         print(f"{name}: mean {100 * result['mean']:.1f}%", flush=True)
     chance = chance_levels()
-    headers = ["variant", "sampler", "guidance", *(f"{a} %" for a in ATTRIBUTES), "mean %", "vs first", "s/image"]
+    headers = ["variant", "sampler", "guidance", *(f"{a} %" for a in ATTRIBUTES), "mean % [95% CI]",
+               "vs first [95% CI]", "s/image"]  # fmt: skip
     closing = (
         "chance: "
         + ", ".join(f"{a} {100 * chance[a]:.1f}%" for a in ATTRIBUTES)

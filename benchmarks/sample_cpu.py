@@ -14,11 +14,11 @@ to .cache/sd15-random; the cost does not depend on the weight values). Each vari
 process, so its peak RSS (load included) is its own:
   baseline     StableDiffusionPipeline.from_pretrained + enable_attention_slicing(), PNDM 50 steps, fp32
   ours         sample.py's defaults (conf/sampling/default.yaml) through load_for_inference + generate:
-               engine auto = OpenVINO at the CPU's precision where it is installed
-  torch        ours with engine.backend=torch (the default before the engine: bf16 autocast where the CPU
-               has a bf16 unit); torch-fp32: dtype=fp32, the reference of the latents' error (skipped when
-               `torch` is fp32 already)
-  openvino-int8  ours + engine.quantize=int8 (calibrated on the benchmark prompt's own trajectory)
+               engine.backend=torch, bf16 autocast where the CPU has a bf16 unit, fp32 elsewhere
+  torch-fp32   ours with dtype=fp32, the reference of the latents' error (skipped when ours is fp32 already)
+  torch        ours with engine.backend=torch given explicitly (the same run while torch is the default)
+  openvino     ours with engine.backend=openvino: the OpenVINO engine at the CPU's precision
+  openvino-int8  openvino + engine.quantize=int8 (calibrated on the benchmark prompt's own trajectory)
   *-gi         the same + guidance_interval=[0.2, 0.8] (unguided steps run one batch-1 pass)
   deep-cache   torch + deep_cache.interval=3 (opt-in)   (and deep-cache-fp32)
   slicing      torch-fp32 + attention_slicing=on         (time and memory of slicing on our path)
@@ -77,6 +77,8 @@ VARIANTS: dict[str, list[str]] = {  # variant -> sample.py overrides on top of i
     "torch": TORCH,
     "torch-fp32": [*TORCH, "dtype=fp32"],
     "torch-gi": [*TORCH, GI],
+    "openvino": ["engine.backend=openvino"],
+    "openvino-gi": ["engine.backend=openvino", GI],
     "openvino-int8": ["engine.backend=openvino", *INT8],
     "openvino-int8-gi": ["engine.backend=openvino", *INT8, GI],
     "deep-cache": [*TORCH, "deep_cache.interval=3"],
@@ -85,7 +87,8 @@ VARIANTS: dict[str, list[str]] = {  # variant -> sample.py overrides on top of i
     "chan-last": [*TORCH, "dtype=fp32"],
     "vae-tiled": [*TORCH, "dtype=fp32"],
 }
-QUICK = ["baseline", "torch", "torch-fp32", "ours", "ours-gi", "deep-cache", "openvino-int8", "openvino-int8-gi"]
+QUICK = ["baseline", "ours", "torch-fp32", "ours-gi", "deep-cache", "openvino", "openvino-gi", "openvino-int8",
+         "openvino-int8-gi"]  # fmt: skip
 MODES = {  # measured steps per variant (None: all), variants run
     "smoke": (2, ["baseline", "torch", "ours", "ours-gi", "deep-cache"]),
     "quick": (2, QUICK),
@@ -313,7 +316,8 @@ def fill_missing_kinds(results: dict[str, dict[str, Any]]) -> None:
 
 def relative_errors(results: dict[str, dict[str, Any]], latents: dict[str, Path]) -> None:
     """L2 error of each variant's latents after the measured steps, relative to torch fp32's."""
-    reference = next((v for v in ("torch-fp32", "torch") if results.get(v, {}).get("precision") == "fp32"), None)
+    torch_fp32 = ("torch-fp32", "torch", "ours")  # ours is torch (engine.backend: torch) at `dtype: auto`
+    reference = next((v for v in torch_fp32 if results.get(v, {}).get("precision") == "fp32"), None)
     if reference is None or reference not in latents:
         return
     ref = torch.load(latents[reference])
@@ -401,7 +405,8 @@ def main() -> None:
     latents: dict[str, Path] = {}
     failed: dict[str, str] = {}
     for variant in variants:
-        if variant.endswith("-fp32") and results.get(variant.removesuffix("-fp32"), {}).get("precision") == "fp32":
+        twin = "ours" if variant == "torch-fp32" else variant.removesuffix("-fp32")
+        if variant.endswith("-fp32") and results.get(twin, {}).get("precision") == "fp32":
             continue  # `dtype: auto` already picked fp32 on this CPU: the same run twice
         worker = [__file__, "--worker", variant, "--model", model, "--height", str(height)]
         worker += ["--threads", str(args.threads)] if args.threads else []

@@ -17,6 +17,8 @@ from typing import Any
 import lightning.pytorch as L
 import torch
 
+from ldm.data.latent_cache import EntryKey, LatentCache
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -120,3 +122,22 @@ def write_hub_parquet(
     entries = "".join(f"      - split: {s}\n        path: {s}.parquet\n" for s in splits)
     (folder / "README.md").write_text(f"---\nconfigs:\n  - config_name: default\n    data_files:\n{entries}---\n")
     return folder
+
+
+class SaveProbe(L.Callback):
+    """Test-only (injected with +callbacks.save_probe._target_=...): records which DDP rank writes entries."""
+
+    def __init__(self, dirpath: str) -> None:
+        self.dirpath = Path(dirpath)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        save, rank, log = LatentCache.save, trainer.global_rank, self.dirpath / f"rank{trainer.global_rank}.txt"
+        self.dirpath.mkdir(parents=True, exist_ok=True)
+        log.write_text("")
+
+        def recording_save(cache: LatentCache, key: EntryKey, moments: torch.Tensor) -> None:
+            with open(log, "a") as f:
+                f.write(f"{rank} {key.image[:8]}\n")
+            save(cache, key, moments)
+
+        LatentCache.save = recording_save  # this process only; setup runs before CacheLatents fills the cache

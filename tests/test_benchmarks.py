@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import torch_threads
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -77,7 +79,8 @@ def test_adherence_smoke_judges_every_variant_on_the_same_prompts(cache_dir: Pat
     )
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
-    assert "| variant | sampler | guidance | shape % | colour % | position % | mean % | vs first |" in out
+    header = "| variant | sampler | guidance | shape % | colour % | position % | mean % [95% CI] | vs first [95% CI] |"
+    assert header in out
     rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ")}
     assert "pndm x4, fp32, deep cache off" in rows["pndm-50"] and "+0.0" in rows["pndm-50"]
     assert "dpm++ x4" in rows["default"] and "deep cache interval=3" in rows["deep-cache"]
@@ -85,12 +88,16 @@ def test_adherence_smoke_judges_every_variant_on_the_same_prompts(cache_dir: Pat
     first_mean = None
     for name in ("pndm-50", "default", "deep-cache"):
         cells = [c.strip() for c in rows[name].split("|")[1:-1]]
-        shares = [float(c) for c in cells[3:7]]  # shape, colour, position, mean (%)
-        assert all(0 <= v <= 100 for v in shares)
+        mean, interval = cells[6].split(" ", 1)  # "mean [low, high]"
+        low, high = (float(x) for x in interval.strip("[]").split(","))
+        shares = [*(float(c) for c in cells[3:6]), float(mean)]  # shape, colour, position, mean (%)
+        assert all(0 <= v <= 100 for v in shares) and low <= shares[3] <= high
         assert shares[3] == pytest.approx(sum(shares[:3]) / 3, abs=0.06)
         assert all(round(v / 5, 6) == round(v / 5) for v in shares[:3])  # shares of 20 prompts: steps of 5%
         first_mean = shares[3] if first_mean is None else first_mean
-        assert float(cells[7]) == pytest.approx(shares[3] - first_mean, abs=0.11)
+        delta, delta_interval = cells[7].split(" ", 1)
+        d_low, d_high = (float(x) for x in delta_interval.strip("[]").split(","))
+        assert float(delta) == pytest.approx(shares[3] - first_mean, abs=0.11) and d_low <= float(delta) <= d_high
     written = json.loads((tmp_path / "adherence.json").read_text())
     assert [v["variant"] for v in written["results"]["variants"]] == ["pndm-50", "default", "deep-cache"]
     assert all(0 <= v["adherence"]["mean"] <= 1 for v in written["results"]["variants"])
@@ -112,6 +119,37 @@ def test_precision_cpu_smoke_writes_numbers_in_range(tmp_path: Path) -> None:
     assert 0 < unet["fp32_s"] < 60 and 0 < unet["bf16_autocast_s"] < 60
     assert abs(unet["bf16_over_fp32"] - unet["bf16_autocast_s"] / unet["fp32_s"]) < 1e-9
     assert "| U-Net call (32/64 ch, 8x8 latents, batch 2) |" in (tmp_path / "precision_cpu.md").read_text()
+
+
+def test_unet_engines_smoke_times_every_engine_both_ways_on_the_same_inputs(tmp_path: Path) -> None:
+    """benchmarks/unet_engines.py at tiny size, in this process (its imports are the suite's): every engine
+    the CPU can run, the guided pair as batch 2 and as 2 x batch 1, errors against torch fp32, ratios of this run."""
+    pytest.importorskip("openvino")
+    from benchmarks.unet_engines import measure, report
+    from ldm.hardware import cpu_has_native_bf16
+
+    with torch_threads(1):
+        data = measure(smoke=True, repeats=1, calibration=1, threads=1)
+    names = [e["engine"] for e in data["engines"]]
+    expected = ["torch-fp32", "openvino-f32", "openvino-int8-weights (f32)", "openvino-int8 (f32)"]
+    if cpu_has_native_bf16():
+        expected = ["torch-fp32", "torch-bf16", "openvino-f32", "openvino-bf16",
+                    "openvino-int8-weights (bf16)", "openvino-int8 (bf16)"]  # fmt: skip
+    else:
+        assert any("torch-bf16" in s for s in data["skipped"]) and any("openvino-bf16" in s for s in data["skipped"])
+    assert names == expected
+    torch_row, *engine_rows = data["engines"]
+    assert torch_row["rel_error"] == 0.0 and 0 < torch_row["batch2_s"] < 30
+    assert all(0 < e["batch2_s"] < 30 and 0 < e["split_s"] < 30 and e["compile_s"] > 0 for e in engine_rows)
+    f32 = data["engines"][names.index("openvino-f32")]
+    assert f32["rel_error"] < 1e-4  # the IR computes the same function as the torch U-Net
+    assert all(0 < e["rel_error"] < 1 for e in engine_rows if "int8" in e["engine"])  # quantized: close, not equal
+    rows = [line for line in report(data).splitlines() if line.startswith("| ") and not line.startswith("| engine")]
+    for row, e in zip(rows, data["engines"], strict=True):
+        cells = [c.strip() for c in row.split("|")[1:-1]]
+        best = min(e["batch2_s"], e["split_s"])
+        assert cells[0] == e["engine"] and cells[4] == f"{torch_row['batch2_s'] / best:.2f}x"
+        assert cells[3] == ("batch 2" if e["batch2_s"] <= e["split_s"] else "2 x batch 1")
 
 
 def test_shapes_methods_tables_show_each_variants_figures_and_the_size_ratio() -> None:

@@ -1,4 +1,8 @@
-"""Scaling out with Lightning's engines: 2 DDP processes (gloo, CPU) on the tiny preset, and the caches."""
+"""Scaling out with Lightning's engines: 2 DDP processes (gloo, CPU) on the tiny preset, and the caches.
+
+One DDP run checks both the lockstep training and the latent cache under DDP: each run costs two
+processes' imports (about 30 s on 2 cores), so the suite starts it once.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +17,11 @@ from tests.helpers import run_train
 
 
 @pytest.mark.slow
-def test_two_ddp_processes_step_together_and_only_rank_0_writes(tmp_path: Path, cache_dir: Path) -> None:
-    runs, probe = tmp_path / "outputs", tmp_path / "probe"
+def test_two_ddp_processes_step_together_from_one_latent_cache_and_only_rank_0_writes(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    """Both ranks train in lockstep from cached latents that rank 0 alone encoded; rank 0 alone writes outputs."""
+    runs, probe, latents, saves = tmp_path / "outputs", tmp_path / "probe", tmp_path / "latents", tmp_path / "saves"
     run_dir = runs / "ddp"
     result = run_train(
         "experiment=tiny",
@@ -27,6 +34,10 @@ def test_two_ddp_processes_step_together_and_only_rank_0_writes(tmp_path: Path, 
         f"hydra.run.dir={run_dir}",
         "+callbacks.probe._target_=tests.helpers.RankProbe",  # test-only: what each rank saw
         f"+callbacks.probe.dirpath={probe}",
+        "data.cache_latents=true",
+        f"data.latent_cache_dir={latents}",
+        "+callbacks.save_probe._target_=tests.helpers.SaveProbe",  # test-only: which rank wrote cache entries
+        f"+callbacks.save_probe.dirpath={saves}",
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-4000:]
@@ -38,6 +49,9 @@ def test_two_ddp_processes_step_together_and_only_rank_0_writes(tmp_path: Path, 
     assert ranks[0]["losses"] != ranks[1]["losses"]  # each rank trained on its own shard ...
     assert ranks[0]["val_loss"] == ranks[1]["val_loss"]  # ... the reported (synced) loss is one number ...
     assert ranks[0]["weights_sha256"] == ranks[1]["weights_sha256"]  # ... and the weights stayed identical
+    # the latent cache: rank 0 encoded every entry, rank 1 wrote none and trained from rank 0's entries
+    writes = {r: (saves / f"rank{r}.txt").read_text().splitlines() for r in (0, 1)}
+    assert writes[1] == [] and len(writes[0]) == len(list(latents.rglob("*.safetensors"))) > 0
 
     # exactly one set of outputs, all from rank 0, in the one run folder (rank 1 reuses it: no second folder)
     assert [p.name for p in runs.iterdir()] == ["ddp"]

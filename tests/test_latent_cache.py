@@ -7,7 +7,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import hydra
-import lightning.pytorch as L
 import pytest
 import torch
 from hydra.errors import InstantiationException
@@ -20,7 +19,6 @@ from ldm.data.synthetic import write_captioned_images
 from ldm.generation.checkpoints import build_model
 from ldm.training.run import train
 from tests.conftest import compose_config, tiny_overrides
-from tests.helpers import run_train
 
 CONF_DATA = Path(__file__).resolve().parents[1] / "conf" / "data"
 SHAPE = (8, 4, 4)
@@ -209,35 +207,3 @@ def test_training_with_cached_latents_encodes_once_across_runs(cache_dir: Path, 
     assert {p: after[p] for p in entries} == entries  # the second run reused them, rewrote none
     assert len(after) == len(entries) + len(trainer.datamodule.splits["test"])  # test=true added the test split
     assert trainer.callback_metrics["test/loss"] > 0
-
-
-class SaveProbe(L.Callback):
-    """Test-only (injected with +callbacks.save_probe._target_=...): records which DDP rank writes entries."""
-
-    def __init__(self, dirpath: str) -> None:
-        self.dirpath = Path(dirpath)
-
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        save, rank, log = LatentCache.save, trainer.global_rank, self.dirpath / f"rank{trainer.global_rank}.txt"
-        self.dirpath.mkdir(parents=True, exist_ok=True)
-        log.write_text("")
-
-        def recording_save(cache: LatentCache, key: EntryKey, moments: torch.Tensor) -> None:
-            with open(log, "a") as f:
-                f.write(f"{rank} {key.image[:8]}\n")
-            save(cache, key, moments)
-
-        LatentCache.save = recording_save  # this process only; setup runs before CacheLatents fills the cache
-
-
-@pytest.mark.slow
-def test_under_ddp_only_rank_0_encodes_and_both_ranks_train_from_the_cache(tmp_path: Path, cache_dir: Path) -> None:
-    latents, probe = tmp_path / "latents", tmp_path / "probe"
-    args = ["experiment=tiny", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_epochs=1"]
-    args += [f"paths.cache_dir={cache_dir}", f"paths.runs_dir={tmp_path / 'outputs'}"]
-    args += [f"hydra.run.dir={tmp_path / 'outputs' / 'ddp'}", "data.cache_latents=true"]
-    args += [f"data.latent_cache_dir={latents}", "+callbacks.save_probe._target_=tests.test_latent_cache.SaveProbe"]
-    result = run_train(*args, f"+callbacks.save_probe.dirpath={probe}", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-4000:]
-    writes = {r: (probe / f"rank{r}.txt").read_text().splitlines() for r in (0, 1)}
-    assert writes[1] == [] and len(writes[0]) == len(list(latents.rglob("*.safetensors"))) > 0

@@ -21,6 +21,8 @@ from ldm.assets import CLIP_TOKENIZER_DIR
 from ldm.data.datamodule import Flickr8kDataModule
 from ldm.generation.checkpoints import build_model
 from ldm.generation.loading import prepare_for_inference
+from ldm.generation.pipeline import generate
+from ldm.generation.settings import SampleSettings
 from ldm.training.run import build_module
 from ldm.world.adherence import SamplingPlan, eval_prompts, render, score
 from ldm.world.export import JudgeNotGoodEnough, load_judge
@@ -275,6 +277,23 @@ def test_adherence_gives_each_prompt_its_own_seed(cache_dir: Path) -> None:
     first, second, alone = (np.asarray(im, dtype=np.int16) for im in (first, second, alone))
     assert np.abs(first - second).mean() > 10  # two noise draws, not one
     assert np.abs(alone - second).max() <= 1  # its own seed, whatever its place in the batch (up to rounding)
+
+
+def test_adherence_renders_with_the_plans_guidance_interval(cache_dir: Path) -> None:
+    """benchmarks/adherence.py judges `guidance_interval` through the plan: the images are sample.py's for it."""
+    prompts = eval_prompts("base", 2, "held_out", seed=3)
+    module = build_model(compose_config("sample", ["model=tiny", f"paths.cache_dir={cache_dir}"]).model)
+    prepare_for_inference(module, torch.device("cpu"), "off")
+    plan = SamplingPlan(4, 3.0, "ddim", 3, batch_size=2)
+    full, gi = (render(module, prompts, replace(plan, guidance_interval=i), "gi") for i in ((0.0, 1.0), (0.5, 1.0)))
+    settings = SampleSettings(
+        prompts=tuple(p.text for p in prompts), negative_prompt="", steps=4, guidance_scale=3.0, scheduler="ddim",
+        seed=3, height=None, width=None, num_images=1, batch_size=2, guidance_interval=(0.5, 1.0),
+    )  # fmt: skip
+    direct = generate(module, settings, prompt_seeds=[p.seed for p in prompts])
+    pixels = [[np.asarray(im, dtype=np.int16) for im in ims] for ims in (full, gi, direct)]
+    assert all(np.abs(a - b).mean() > 0.5 for a, b in zip(pixels[0], pixels[1], strict=True))  # the interval acts
+    assert all(np.array_equal(a, b) for a, b in zip(pixels[1], pixels[2], strict=True))  # exactly sample.py's
 
 
 def test_one_cache_named_two_ways_has_one_fingerprint(tmp_path: Path) -> None:

@@ -42,6 +42,7 @@ class SamplingPlan:
     scheduler: str
     seed: int
     batch_size: int
+    guidance_interval: tuple[float, float] = (0.0, 1.0)  # the fractions of the schedule guided (sample.py's)
 
 
 def chance_levels() -> dict[str, float]:
@@ -84,6 +85,7 @@ def render(model: TextEncoderFineTuner, prompts: Sequence[Prompt], plan: Samplin
             width=None,
             num_images=1,
             batch_size=len(chunk),
+            guidance_interval=plan.guidance_interval,
         )
         images += generate(model, settings, prompt_seeds=[p.seed for p in chunk])
     return images
