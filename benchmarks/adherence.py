@@ -17,6 +17,8 @@ world's attribute judge scores shape, colour and position against the prompt:
   default-fp32 the same in fp32                 deep-cache   default + deep_cache.interval=3
   ddim-20      the sampler the demo's report uses
   default-gi   default + guidance_interval=[0.2,0.8] (9 of 15 steps guided; the engine's opt-in)
+  openvino     default on the OpenVINO engine (engine.backend=openvino; -gi with the interval too)
+  openvino-int8  openvino + engine.quantize=int8, calibrated on three of the world's training captions
 Each mean carries its 95% Wilson interval over the prompts, and `vs first` Newcombe's interval of the
 difference (ldm.world.adherence), so a gap can be read against the noise of the prompt count.
 """
@@ -42,7 +44,22 @@ VARIANTS: dict[str, list[str]] = {  # variant -> sample.py overrides on top of i
     "deep-cache": ["deep_cache.interval=3"],
     "ddim-20": ["scheduler=ddim", "steps=20"],
     "default-gi": ["guidance_interval=[0.2,0.8]"],
+    "openvino": ["engine.backend=openvino"],
+    "openvino-gi": ["engine.backend=openvino", "guidance_interval=[0.2,0.8]"],
+    "openvino-int8": ["engine.backend=openvino", "engine.quantize=int8"],  # + calibration_overrides()
 }
+
+
+def calibration_overrides(overrides: list[str]) -> list[str]:
+    """int8 calibrates on the world's own captions (training templates, never the held-out ones), not the
+    default SD prompts: its activation ranges should come from the trajectories it will run."""
+    if "engine.quantize=int8" not in overrides:
+        return []
+    from ldm.world.scenes import all_combinations
+    from ldm.world.vocab import BASE
+
+    captions = [BASE.caption(attrs, BASE.templates[i]) for i, attrs in enumerate(all_combinations()[::41])]
+    return ["engine.calibration_prompts=[" + ",".join(f"'{c}'" for c in captions) + "]"]
 
 
 def compose_sample(model: str, checkpoint: str | None, overrides: list[str]) -> Any:
@@ -57,7 +74,8 @@ def judge_variant(
     from ldm.generation.loading import load_for_inference
     from ldm.world.adherence import SamplingPlan, render, score
 
-    cfg = compose_sample(args.model, args.checkpoint, [*VARIANTS[name], *args.set])
+    overrides = [*VARIANTS[name], *args.set]
+    cfg = compose_sample(args.model, args.checkpoint, [*overrides, *calibration_overrides(overrides)])
     module = load_for_inference(cfg, base_override=True)
     interval = tuple(cfg.guidance_interval)
     plan = SamplingPlan(cfg.steps, cfg.guidance_scale, cfg.scheduler, args.seed, args.batch_size, interval)

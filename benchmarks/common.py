@@ -199,3 +199,13 @@ def write_results(name: str, report: str, data: Any, *, out_dir: str | os.PathLi
     md.write_text(header + report.rstrip() + "\n")
     js.write_text(json.dumps({"command": command, "date": date, "machine": machine, "results": data}, indent=2) + "\n")
     return [md, js]
+
+
+def print_and_write(name: str, report: str, data: Any, *, out_dir: Path | None, smoke: bool) -> list[Path]:
+    """Print the report, then `write_results` it: to `out_dir`, else a temp folder for a smoke run (which
+    must never overwrite the real figures in benchmarks/results/), else benchmarks/results/."""
+    print(report)
+    out = out_dir or (Path(tempfile.mkdtemp(prefix=f"ldm-{name}-")) if smoke else None)
+    paths = write_results(name, report, data, out_dir=out)
+    print(f"\nwritten: {', '.join(str(p) for p in paths)}")
+    return paths

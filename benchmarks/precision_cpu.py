@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ import torch
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import median_time, table, write_results
+from benchmarks.common import median_time, print_and_write, table
 
 FLAGS_SHOWN = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
 # A small SD-like U-Net: 3 levels, cross-attention on SD1.5's 768-d text states, 32x32 latents, batch 2 (CFG).
@@ -147,11 +146,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     data = measure(args.smoke, args.repeats or (2 if args.smoke else 5))
-    text = report(data)
-    print(text)
-    out = args.out or (Path(tempfile.mkdtemp(prefix="ldm-precision-")) if args.smoke else None)
-    paths = write_results("precision_cpu", text, data, out_dir=out)
-    print(f"\nwritten: {', '.join(str(p) for p in paths)}")
+    print_and_write("precision_cpu", report(data), data, out_dir=args.out, smoke=args.smoke)
 
 
 if __name__ == "__main__":

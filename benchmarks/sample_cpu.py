@@ -260,9 +260,11 @@ def _summary(
     step_times = [b - a for a, b in itertools.pairwise(bounds)]
     per_kind: dict[str, float] = {}
     call_kind: dict[str, float] = {}
+    cold: list[str] = []  # kinds measured only once: that one call also paid the kind's one-off costs
     for kind in KINDS:
         idx = [i for i in range(measured) if kinds[i] == kind]
         warm = idx[1:] if len(idx) > 1 else idx  # the first call of a kind pays one-off allocations
+        cold += [kind] if len(idx) == 1 else []
         if warm:
             per_kind[kind] = statistics.median(step_times[i] for i in warm)
             call_kind[kind] = statistics.median(calls[i] for i in warm)
@@ -276,6 +278,7 @@ def _summary(
     return {
         "_latents": rec.latents,
         "missing_kinds": [] if complete else missing,
+        "cold_kinds": [] if complete else cold,
         "borrowed": [],
         "solver": solver,
         "precision": precision,
@@ -300,16 +303,26 @@ KINDS = ("full", "shallow", "full-cond", "shallow-cond")
 
 
 def fill_missing_kinds(results: dict[str, dict[str, Any]]) -> None:
-    """A `-gi` variant's unmeasured step kinds from its sibling without `-gi`; its s/image again."""
+    """A `-gi` variant's unmeasured step kinds from its sibling without `-gi`; its s/image again.
+
+    A kind the variant measured once only (the guided step 3 of `--steps 4` with the interval [0.2, 0.8])
+    is taken from the sibling too when the sibling measured it warm: a lone first call of a kind includes
+    its one-off costs (a first batch-2 call on a compiled engine).
+    """
     for variant, r in results.items():
         sibling = results.get(variant.removesuffix("-gi"))
-        if not r.get("missing_kinds") or sibling is None or variant == sibling:
+        if sibling is None or variant == variant.removesuffix("-gi"):
             continue
-        for kind in list(r["missing_kinds"]):
+        sibling_warm = [k for k in sibling["step_s"] if k not in sibling.get("cold_kinds", [])]
+        wanted = [*r.get("missing_kinds", []), *(k for k in r.get("cold_kinds", []) if k in sibling_warm)]
+        if not wanted:
+            continue  # every kind measured warm (or all steps measured): its own time stands
+        for kind in wanted:
             if kind in sibling["step_s"]:
                 r["step_s"][kind], r["call_s"][kind] = sibling["step_s"][kind], sibling["call_s"][kind]
                 r["borrowed"].append(kind)
-                r["missing_kinds"].remove(kind)
+                if kind in r["missing_kinds"]:
+                    r["missing_kinds"].remove(kind)
         steps = sum(r["step_s"].get(k, float("nan")) for k in r["kinds"])
         r["image_s"] = r["before_s"] + steps + r["decode_s"] + r["after_s"]
 
@@ -373,6 +386,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="measured steps per variant (default: the mode's)")
     parser.add_argument("--json", type=Path, help="also write the raw numbers here")
     parser.add_argument("--out-dir", type=Path, help="where the results go (default: benchmarks/results; smoke: temp)")
+    parser.add_argument("--name", help="results file name without .md/.json (default: sample_cpu[-MODE])")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--latents", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--max-steps", type=int, default=None, help=argparse.SUPPRESS)
@@ -447,7 +461,7 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps(data, indent=1))
     out_dir = args.out_dir or (Path(tempfile.mkdtemp(prefix="sample_cpu-smoke-")) if args.smoke else None)
-    stem = "sample_cpu" if name == "default" else f"sample_cpu-{name}"
+    stem = args.name or ("sample_cpu" if name == "default" else f"sample_cpu-{name}")
     for path in write_results(stem, report, data, out_dir=out_dir):
         print(f"# wrote {path}", file=sys.stderr)
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import gc
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -41,18 +40,9 @@ import torch
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import default_cache_dir, ensure_random_sd15, machine_line, median_time, table, write_results
+from benchmarks.common import default_cache_dir, ensure_random_sd15, machine_line, median_time, print_and_write, table
+from benchmarks.precision_cpu import TINY_UNET  # --smoke: the same tiny U-Net
 from ldm.hardware import cpu_has_native_bf16
-
-TINY_UNET = {  # --smoke: seconds
-    "block_out_channels": (32, 64),
-    "layers_per_block": 1,
-    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
-    "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
-    "cross_attention_dim": 32,
-    "attention_head_dim": 8,
-    "sample_size": 8,
-}
 
 
 def load_unet(smoke: bool) -> Any:
@@ -215,11 +205,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     print(machine_line(), file=sys.stderr)
     data = measure(args.smoke, args.repeats or (2 if args.smoke else 3), args.calibration, torch.get_num_threads())
-    text = report(data)
-    print(text)
-    out = args.out or (Path(tempfile.mkdtemp(prefix="ldm-unet-engines-")) if args.smoke else None)
-    paths = write_results("unet_engines", text, data, out_dir=out)
-    print(f"\nwritten: {', '.join(str(p) for p in paths)}")
+    print_and_write("unet_engines", report(data), data, out_dir=args.out, smoke=args.smoke)
 
 
 if __name__ == "__main__":

@@ -171,6 +171,8 @@ def test_guidance_interval(engine, ov_model, cache_dir, engine_cache) -> None:
     half, _ = render(model, cfg, guidance_interval=(0.5, 1.0))
     assert batches == [1, 1, 2, 2]
     assert not np.array_equal(half, plain) and not np.array_equal(half, unguided)
+    if engine == "openvino":  # batch 1 and batch 2 ran on one compiled copy (one set of weights in memory)
+        assert len(model.unet.run.compiled) == 1
 
 
 def test_guidance_interval_is_checked() -> None:

@@ -20,7 +20,6 @@ import numpy as np
 import torch
 
 from ldm.errors import ConfigError, expect
-from ldm.generation.guidance import is_full
 from ldm.hardware import cpu_has_native_bf16
 
 log = logging.getLogger(__name__)
@@ -130,10 +129,8 @@ def build_openvino(model: Any, cfg: Any) -> None:
     vae = CompiledByShape(core, core.read_model(str(folder / export.VAE_FILE)), properties, "VAE decoder")
     unet_config, vae_config = model.unet.config, model.vae.config
     # compiled now, not at the first step: `auto` falls back to torch on a compile error, and the cached
-    # blobs make this the few seconds a second run takes
-    guided, plain = cfg.guidance_scale > 1, cfg.guidance_scale <= 1 or not is_full(cfg.guidance_interval)
-    for batch in [2] * guided + [1] * plain:  # batch 1: the unguided steps
-        unet.compile(((batch, unet_config.in_channels, side, side), (1,), (batch, 77, unet_config.cross_attention_dim)))
+    # blobs make this the few seconds a second run takes; one copy serves batch 2 (guided) and 1 (unguided)
+    unet.compile(((2, unet_config.in_channels, side, side), (1,), (2, 77, unet_config.cross_attention_dim)))
     vae.compile(((1, vae_config.latent_channels, side, side),))
     model.unet = OpenVINOUNet(unet, unet_config, label)  # the torch modules are dropped: their memory is freed
     model.vae = OpenVINOVAE(vae, vae_config, label)
