@@ -72,6 +72,10 @@ def test_export_writes_a_checked_entry_and_images_match_torch_fp32(ov_model, cac
     assert set(manifest["files"]) == {"unet.xml", "unet.bin", "vae_decoder.xml", "vae_decoder.bin"}
     assert manifest["precision"] == "f32" and manifest["quantize"] is None
     assert (entry.parent / "compiled").is_dir() and any((entry.parent / "compiled").iterdir())  # CACHE_DIR blobs
+    import openvino as ov
+
+    context = ov.Core().read_model(str(entry / "unet.xml")).input("encoder_hidden_states").get_partial_shape()
+    assert context[0].is_dynamic and context[1].is_dynamic  # any batch, any token count (the world's 16, SD's 77)
     ours, info = render(model, cfg)
     torch_model, torch_cfg = load(cache_dir, engine_cache, "engine.backend=torch")
     reference, torch_info = render(torch_model, torch_cfg)

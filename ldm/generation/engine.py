@@ -1,9 +1,10 @@
 """`engine: auto | torch | openvino`: which runtime runs the frozen U-Net and VAE decoder.
 
-Why a choice and `auto`: OpenVINO ran the base's U-Net 1.2-3.3x faster than torch fp32 on a Zen 4 with a bf16
-unit, and slower on an AVX2-only EPYC (docs/engine.md has both); it is an optional dependency and its compiler
-can fail on some CPUs; `auto` uses it when it imports and compiles,
-else torch, with one warning that says why. The text encoder (the fine-tuned part, and its projection)
+Why a choice, and torch by default: OpenVINO ran the base's U-Net 1.2-3.3x faster than torch fp32 on a Zen 4
+with a bf16 unit, and an image 1.2x faster on an AVX2-only EPYC, but at 9.5-12.9 GiB peak RSS against
+torch's 5.5 GiB and after a one-off export of minutes (docs/engine.md). It is an optional dependency and its
+compiler can fail on some CPUs; `auto` uses it when it imports and compiles, else torch, with one warning
+that says why. The text encoder (the fine-tuned part, and its projection)
 always stays in torch, so every checkpoint of a base shares one converted U-Net and VAE.
 """
 
@@ -97,13 +98,13 @@ def build_openvino(model: Any, cfg: Any) -> None:
     core = ov.Core()
     core.set_property("CPU", {"CACHE_DIR": str(root / "compiled")})
     properties = engine_properties(precision, torch.get_num_threads())
-    side = model.unet.config.sample_size
+    side, tokens = model.unet.config.sample_size, model.tokenizer.model_max_length
 
     def expected(q: str | None) -> dict[str, Any]:
         return {"fingerprint": fingerprint, "openvino": version, "precision": precision, "quantize": q}
 
     def build_float(tmp: Path) -> list[str]:
-        export.save(export.convert_unet(model.unet), tmp / export.UNET_FILE, precision)
+        export.save(export.convert_unet(model.unet, tokens), tmp / export.UNET_FILE, precision)
         export.save(export.convert_vae_decoder(model.vae, side), tmp / export.VAE_FILE, precision)
         return [name for f in (export.UNET_FILE, export.VAE_FILE) for name in (f, f.replace(".xml", ".bin"))]
 
@@ -130,7 +131,7 @@ def build_openvino(model: Any, cfg: Any) -> None:
     unet_config, vae_config = model.unet.config, model.vae.config
     # compiled now, not at the first step: `auto` falls back to torch on a compile error, and the cached
     # blobs make this the few seconds a second run takes; one copy serves batch 2 (guided) and 1 (unguided)
-    unet.compile(((2, unet_config.in_channels, side, side), (1,), (2, 77, unet_config.cross_attention_dim)))
+    unet.compile(((2, unet_config.in_channels, side, side), (1,), (2, tokens, unet_config.cross_attention_dim)))
     vae.compile(((1, vae_config.latent_channels, side, side),))
     model.unet = OpenVINOUNet(unet, unet_config, label)  # the torch modules are dropped: their memory is freed
     model.vae = OpenVINOVAE(vae, vae_config, label)

@@ -22,7 +22,7 @@ import torch
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
-FORMAT = 1  # bump when the exported files change meaning
+FORMAT = 2  # bump when the exported files change meaning (2: the U-Net's token count is dynamic)
 
 
 def fingerprint(*modules: torch.nn.Module) -> str:

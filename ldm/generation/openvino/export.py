@@ -38,13 +38,17 @@ class _Decode(torch.nn.Module):
         return self.vae.decode(latent, return_dict=False)[0]
 
 
-def convert_unet(unet: Any) -> Any:
-    """The U-Net as an ov.Model: inputs sample (B, C, h, w), timestep (1,) float, context (B, 77, D)."""
+def convert_unet(unet: Any, tokens: int = 77) -> Any:
+    """The U-Net as an ov.Model: inputs sample (B, C, h, w), timestep (1,) float, context (B, T, D).
+
+    The token count T stays dynamic too: SD's tokenizer gives 77, the shapes world's 16, and nncf's int8
+    calibration runs the IR itself at the model's own T (`tokens` is only the tracing example's).
+    """
     import openvino as ov
 
     c, d, side = unet.config.in_channels, unet.config.cross_attention_dim, unet.config.sample_size
-    example = (torch.randn(2, c, side, side), torch.tensor([500.0]), torch.randn(2, 77, d))
-    shapes = [("sample", [-1, c, -1, -1]), ("timestep", [1]), ("encoder_hidden_states", [-1, 77, d])]
+    example = (torch.randn(2, c, side, side), torch.tensor([500.0]), torch.randn(2, tokens, d))
+    shapes = [("sample", [-1, c, -1, -1]), ("timestep", [1]), ("encoder_hidden_states", [-1, -1, d])]
     with torch.no_grad():
         return ov.convert_model(_UNetCall(unet.float().eval()), example_input=example, input=shapes)
 

@@ -4,10 +4,9 @@ Why wrappers and not a separate pipeline: diffusers' loop, schedulers, CFG mix, 
 guidance interval, progress) and image post-processing stay exactly the torch path's; only `unet(...)`
 and `vae.decode(...)` change. Each wrapper compiles one copy of its model per latent size on first use,
 static in every dimension but the batch. Why the batch stays dynamic: each compiled copy holds its own
-weights (3.4 GB for SD1.5 in f32), and a static batch-2 copy for guided steps beside a batch-1 copy for
-unguided ones held 10.2 GiB where the one dynamic-batch copy held 7.3 GiB, and ran batch 2 and batch 1 no
-slower (13.5-13.8 and 7.3-7.7 s against 13.6-15.1 and 8.5-8.8 s per call on a 2-core AVX2 EPYC;
-docs/engine.md). Compiled blobs land in CACHE_DIR.
+weights (3.4 GB for SD1.5 in f32). With a static batch-2 copy for guided steps beside a batch-1 copy for
+unguided ones, a generation with a guidance interval peaked at 17.7 GiB; with one dynamic-batch copy at
+12.9 GiB, and its batch-2 calls ran no slower (docs/engine.md, Memory). Compiled blobs land in CACHE_DIR.
 """
 
 from __future__ import annotations
