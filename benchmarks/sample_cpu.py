@@ -208,7 +208,7 @@ def run_ours(model: str, overrides: list[str], max_steps: int | None, threads: i
     rec = Recorder(module.unet, module.vae, max_steps)
     fast = fast_sampling.installed(module)
     t0 = time.perf_counter()
-    (image,) = generate(module, settings, on_step=rec.on_step)
+    (image,) = generate(module, settings, on_step=rec.on_step, release_models=True)  # as sample.py does
     t1 = time.perf_counter()
     scheduler = image.info["scheduler"]
     steps = settings.steps

@@ -18,7 +18,7 @@ from ldm.errors import SamplingError
 from ldm.generation.checkpoints import CheckpointError, ModelLoadError, build_model
 from ldm.generation.loading import prepare_for_inference
 from ldm.generation.output import png_bytes, save_images
-from ldm.generation.pipeline import generate
+from ldm.generation.pipeline import build_pipeline, encode_prompts, generate
 from ldm.generation.schedulers import SCHEDULERS, make_scheduler
 from ldm.generation.settings import Limits, SampleSettings, validate_settings
 from ldm.training.module import CheckpointMismatchError
@@ -66,6 +66,36 @@ def test_a_seed_gives_the_same_image_whatever_the_batch_size(model, cfg) -> None
     assert [im.info["seed"] for im in together] == [3, 4]
     for a, b in zip(one_by_one, together, strict=True):
         assert np.abs(pixels(a) - pixels(b)).max() <= 1
+
+
+def test_staged_generation_matches_diffusers_own_decode_in_the_same_call(model, cfg) -> None:
+    """`generate` denoises to latents and decodes after: the images are the one-call pipeline's, to the byte."""
+    chosen = settings(cfg, "a red circle on the left", "a blue square", num_images=1, batch_size=2)
+    staged = generate(model, chosen)
+    positive = encode_prompts(model, list(chosen.prompts))
+    negative = encode_prompts(model, [chosen.negative_prompt]).expand_as(positive)
+    pipe = build_pipeline(model, chosen.scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    direct = pipe(
+        prompt_embeds=positive,
+        negative_prompt_embeds=negative,
+        num_inference_steps=chosen.steps,
+        guidance_scale=chosen.guidance_scale,
+        generator=[torch.Generator("cpu").manual_seed(chosen.seed) for _ in chosen.prompts],
+        output_type="pil",
+    ).images
+    assert [image.tobytes() for image in staged] == [image.tobytes() for image in direct]
+
+
+def test_release_models_frees_the_text_encoder_and_unet_and_keeps_the_images(cfg) -> None:
+    """sample.py's one-shot mode: the same images, and the parts it no longer needs are gone afterwards."""
+    module = build_model(cfg.model)
+    prepare_for_inference(module, torch.device("cpu"), "off")
+    chosen = settings(cfg, num_images=3, batch_size=2)  # two pipeline calls, both decoded after the U-Net is gone
+    kept = generate(module, chosen)
+    released = generate(module, chosen, release_models=True)
+    assert [image.tobytes() for image in released] == [image.tobytes() for image in kept]
+    assert module.text_encoder is None and module.unet is None and module.vae is not None
 
 
 def test_files_are_named_by_prompt_and_seed_with_metadata_and_a_grid(model, cfg, tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,12 +56,15 @@ class FastSampling:
     def deep_cache(self) -> str:
         return "off" if self.interval == 1 else f"interval={self.interval},branch={self.branch}"
 
+    def autocast(self) -> AbstractContextManager:
+        """bf16 autocast when it is on (else nothing): the prompts, the U-Net and the decode share it."""
+        return torch.autocast("cpu", dtype=torch.bfloat16) if self.autocast_bf16 else nullcontext()
+
     @contextmanager
     def active(self, unet: UNet2DConditionModel) -> Iterator[DeepCache | None]:
         """Autocast and DeepCache for one pipeline call (a fresh cache: calls count from 0)."""
         with ExitStack() as stack:
-            if self.autocast_bf16:
-                stack.enter_context(torch.autocast("cpu", dtype=torch.bfloat16))
+            stack.enter_context(self.autocast())
             cache = None
             if self.interval > 1 or self.autocast_bf16:  # the wrapper also hands fp32 noise to the scheduler
                 cache = stack.enter_context(DeepCache(unet, self.interval, self.branch))

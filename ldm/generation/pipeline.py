@@ -10,6 +10,7 @@ encoder's dtype). No safety checker: it returns black images for false positives
 
 from __future__ import annotations
 
+import gc
 import logging
 import random
 from collections.abc import Callable, Iterable, Sequence
@@ -84,6 +85,7 @@ def generate(
     progress: bool = False,
     on_step: Callable[..., dict] | None = None,
     prompt_seeds: Sequence[int] | None = None,
+    release_models: bool = False,
 ) -> list[Image.Image]:
     """Render `num_images` per prompt (seeds seed, seed+1, ...); each image's `.info` holds its metadata.
 
@@ -92,6 +94,12 @@ def generate(
     the batch size or device. The options `load_for_inference` installed (bf16 autocast, DeepCache) apply
     to each pipeline call. `on_step` is diffusers' `callback_on_step_end(pipe, step, timestep, kwargs)`.
     `prompt_seeds` gives each prompt its own first seed instead of `settings.seed` (adherence: independent noise).
+
+    It runs in three stages, each model only in its own: every batch's prompts are encoded, then every
+    batch is denoised to latents, then every latent is decoded. `release_models=True` (a one-shot run:
+    sample.py) drops the text encoder after the first stage and the U-Net after the second, so their
+    weights (0.5 and 3.4 GB for SD1.5) are not resident while the VAE decodes a 512 px image, the run's
+    peak (docs/performance.md, Memory). The model cannot generate again afterwards.
     """
     validate_settings(settings)
     warn_if_truncated(model.tokenizer, (*settings.prompts, settings.negative_prompt))
@@ -100,6 +108,7 @@ def generate(
     firsts = [seed] * len(settings.prompts) if prompt_seeds is None else list(prompt_seeds)
     pairs = zip(settings.prompts, firsts, strict=True)
     jobs = [(prompt, first + i) for prompt, first in pairs for i in range(settings.num_images)]
+    batches = [jobs[start : start + settings.batch_size] for start in range(0, len(jobs), settings.batch_size)]
     options = fast.installed(model)
     base_info = {
         "negative_prompt": settings.negative_prompt,
@@ -115,39 +124,74 @@ def generate(
         "deep_cache": options.deep_cache if options else "off",
         **({} if is_full(settings.guidance_interval) else {"guidance_interval": list(settings.guidance_interval)}),
     }
+    autocast = options.autocast if options else nullcontext
     was_training = model.training
     model.eval()
     try:
+        with autocast():  # both sides of guidance under the U-Net's autocast, so they share one precision
+            conditioning = [
+                (positive := encode_prompts(model, [prompt for prompt, _ in batch]),  # (B, 77, D)
+                 encode_prompts(model, [settings.negative_prompt]).expand_as(positive))  # (B, 77, D)
+                for batch in batches
+            ]  # fmt: skip
+        if release_models:
+            release(model, "text_encoder")
         pipe = build_pipeline(model, settings.scheduler)
         pipe.set_progress_bar_config(disable=not progress)
+        latents = [denoise(pipe, model, settings, batch, *sides, height, width, on_step)
+                   for batch, sides in zip(batches, conditioning, strict=True)]  # fmt: skip
+        processor = pipe.image_processor
+        del pipe
+        if release_models:
+            release(model, "unet")
         images: list[Image.Image] = []
-        for start in range(0, len(jobs), settings.batch_size):
-            batch = jobs[start : start + settings.batch_size]
-            with options.active(model.unet) if options else nullcontext():
-                # both sides of guidance encoded under the same autocast, so they share one precision
-                positive = encode_prompts(model, [prompt for prompt, _ in batch])  # (B, 77, D)
-                negative = encode_prompts(model, [settings.negative_prompt]).expand_as(positive)  # (B, 77, D)
-                scale, callback, inputs = settings.guidance_scale, on_step, ["latents"]
-                if settings.guidance_scale > 1 and not is_full(settings.guidance_interval):
-                    callback = GuidanceInterval(
-                        settings.guidance_interval, settings.steps, scale, positive, negative, on_step
-                    )
-                    scale, inputs = callback.initial_scale, ["latents", "prompt_embeds"]
-                output = pipe(
-                    prompt_embeds=positive,
-                    negative_prompt_embeds=negative,
-                    height=height,
-                    width=width,
-                    num_inference_steps=settings.steps,
-                    guidance_scale=scale,
-                    generator=[torch.Generator("cpu").manual_seed(s) for _, s in batch],
-                    output_type="pil",
-                    callback_on_step_end=callback,
-                    callback_on_step_end_tensor_inputs=inputs,
-                )
-            for (prompt, image_seed), image in zip(batch, output.images, strict=True):
+        for batch, batch_latents in zip(batches, latents, strict=True):
+            with autocast():
+                pixels = model.vae.decode(batch_latents / model.vae.config.scaling_factor, return_dict=False)[0]
+            decoded = processor.postprocess(pixels, output_type="pil", do_denormalize=[True] * len(batch))
+            for (prompt, image_seed), image in zip(batch, decoded, strict=True):
                 image.info.update({**base_info, "prompt": prompt, "seed": image_seed})
                 images.append(image)
     finally:
-        model.train(was_training)
+        if not release_models:  # a released model is done with
+            model.train(was_training)
     return images
+
+
+@torch.no_grad()
+def denoise(
+    pipe: StableDiffusionPipeline,
+    model: TextEncoderFineTuner,
+    settings: SampleSettings,
+    batch: Sequence[tuple[str, int]],
+    positive: torch.Tensor,
+    negative: torch.Tensor,
+    height: int,
+    width: int,
+    on_step: Callable[..., dict] | None,
+) -> torch.Tensor:
+    """One pipeline call: the (prompt, seed) batch's final latents, (B, 4, h, w), not yet decoded."""
+    options = fast.installed(model)
+    with options.active(model.unet) if options else nullcontext():
+        scale, callback, inputs = settings.guidance_scale, on_step, ["latents"]
+        if settings.guidance_scale > 1 and not is_full(settings.guidance_interval):
+            callback = GuidanceInterval(settings.guidance_interval, settings.steps, scale, positive, negative, on_step)
+            scale, inputs = callback.initial_scale, ["latents", "prompt_embeds"]
+        return pipe(
+            prompt_embeds=positive,
+            negative_prompt_embeds=negative,
+            height=height,
+            width=width,
+            num_inference_steps=settings.steps,
+            guidance_scale=scale,
+            generator=[torch.Generator("cpu").manual_seed(s) for _, s in batch],
+            output_type="latent",
+            callback_on_step_end=callback,
+            callback_on_step_end_tensor_inputs=inputs,
+        ).images
+
+
+def release(model: TextEncoderFineTuner, name: str) -> None:
+    """Drop one of the model's parts; its weights (memory-mapped from the checkpoint files) leave the RSS."""
+    setattr(model, name, None)
+    gc.collect()
