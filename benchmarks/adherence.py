@@ -19,6 +19,8 @@ world's attribute judge scores shape, colour and position against the prompt:
   default-gi   default + guidance_interval=[0.2,0.8] (9 of 15 steps guided; the engine's opt-in)
   openvino     default on the OpenVINO engine (engine.backend=openvino; -gi with the interval too)
   openvino-int8  openvino + engine.quantize=int8, calibrated on three of the world's training captions
+  openvino-deep-cache  openvino + deep_cache.interval=3 (-gi: and the interval; openvino-int8-deep-cache-gi:
+               all three, the fastest opt-in path)
 Each mean carries its 95% Wilson interval over the prompts, and `vs first` Newcombe's interval of the
 difference (ldm.world.adherence), so a gap can be read against the noise of the prompt count.
 """
@@ -47,7 +49,11 @@ VARIANTS: dict[str, list[str]] = {  # variant -> sample.py overrides on top of i
     "openvino": ["engine.backend=openvino"],
     "openvino-gi": ["engine.backend=openvino", "guidance_interval=[0.2,0.8]"],
     "openvino-int8": ["engine.backend=openvino", "engine.quantize=int8"],  # + calibration_overrides()
+    "openvino-deep-cache": ["engine.backend=openvino", "deep_cache.interval=3"],
+    "openvino-deep-cache-gi": ["engine.backend=openvino", "deep_cache.interval=3", "guidance_interval=[0.2,0.8]"],
+    "openvino-int8-deep-cache-gi": ["engine.backend=openvino", "engine.quantize=int8", "deep_cache.interval=3"],
 }
+VARIANTS["openvino-int8-deep-cache-gi"].append("guidance_interval=[0.2,0.8]")  # the fastest opt-in path
 
 
 def calibration_overrides(overrides: list[str]) -> list[str]:

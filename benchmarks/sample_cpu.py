@@ -21,6 +21,8 @@ process, so its peak RSS (load included) is its own:
   openvino-int8  openvino + engine.quantize=int8 (calibrated on the benchmark prompt's own trajectory)
   *-gi         the same + guidance_interval=[0.2, 0.8] (unguided steps run one batch-1 pass)
   deep-cache   torch + deep_cache.interval=3 (opt-in)   (and deep-cache-fp32)
+  openvino[-int8]-deep-cache[-gi]  DeepCache on the engine (its full graph keeps the features, a shallow graph
+               reuses them); openvino-int8-deep-cache-gi is the fastest opt-in path
   slicing      torch-fp32 + attention_slicing=on         (time and memory of slicing on our path)
   chan-last    torch-fp32 + the U-Net in channels_last   (the layout sample.py no longer uses)
   vae-tiled    torch-fp32 + VAE tiling forced to 256 px tiles (diffusers tiles only above 512 px by itself)
@@ -69,7 +71,7 @@ from ldm.hardware import cpu_has_native_bf16
 
 PROMPT = "A dog running on the beach at sunset"
 BASELINE_STEPS = 50
-GI = "guidance_interval=[0.2,0.8]"
+GI, DC = "guidance_interval=[0.2,0.8]", "deep_cache.interval=3"
 TORCH, INT8 = ["engine.backend=torch"], ["engine.quantize=int8", f"engine.calibration_prompts=['{PROMPT}']"]
 VARIANTS: dict[str, list[str]] = {  # variant -> sample.py overrides on top of its defaults
     "ours": [],
@@ -81,14 +83,19 @@ VARIANTS: dict[str, list[str]] = {  # variant -> sample.py overrides on top of i
     "openvino-gi": ["engine.backend=openvino", GI],
     "openvino-int8": ["engine.backend=openvino", *INT8],
     "openvino-int8-gi": ["engine.backend=openvino", *INT8, GI],
-    "deep-cache": [*TORCH, "deep_cache.interval=3"],
-    "deep-cache-fp32": [*TORCH, "deep_cache.interval=3", "dtype=fp32"],
+    "openvino-deep-cache": ["engine.backend=openvino", DC],
+    "openvino-deep-cache-gi": ["engine.backend=openvino", DC, GI],
+    "openvino-int8-deep-cache": ["engine.backend=openvino", *INT8, DC],
+    "openvino-int8-deep-cache-gi": ["engine.backend=openvino", *INT8, DC, GI],  # the fastest opt-in path
+    "deep-cache": [*TORCH, DC],
+    "deep-cache-fp32": [*TORCH, DC, "dtype=fp32"],
     "slicing": [*TORCH, "dtype=fp32", "attention_slicing=on"],
     "chan-last": [*TORCH, "dtype=fp32"],
     "vae-tiled": [*TORCH, "dtype=fp32"],
 }
 QUICK = ["baseline", "ours", "torch-fp32", "ours-gi", "deep-cache", "openvino", "openvino-gi", "openvino-int8",
-         "openvino-int8-gi"]  # fmt: skip
+         "openvino-int8-gi", "openvino-deep-cache", "openvino-deep-cache-gi", "openvino-int8-deep-cache",
+         "openvino-int8-deep-cache-gi"]  # fmt: skip
 MODES = {  # measured steps per variant (None: all), variants run
     "smoke": (2, ["baseline", "torch", "ours", "ours-gi", "deep-cache"]),
     "quick": (2, QUICK),

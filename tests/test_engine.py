@@ -17,6 +17,7 @@ import torch
 
 from ldm.errors import ConfigError, SamplingError
 from ldm.generation.engine import EngineError
+from ldm.generation.fast import FastSamplingError
 from ldm.generation.loading import load_for_inference
 from ldm.generation.openvino import cache
 from ldm.generation.openvino.runtime import OpenVINOUNet
@@ -142,13 +143,50 @@ def test_auto_falls_back_to_torch_when_compiling_fails(ov_model, cache_dir, engi
     assert not isinstance(model.unet, OpenVINOUNet) and render(model, cfg)[1]["precision"] == "fp32"
 
 
-def test_deep_cache_and_bad_values_are_clear_errors(cache_dir, engine_cache) -> None:
-    with pytest.raises(EngineError, match=r"deep_cache.interval > 1 runs on the torch U-Net only"):
-        load(cache_dir, engine_cache, "engine.backend=openvino", "deep_cache.interval=3")
+def test_bad_values_are_clear_errors(cache_dir, engine_cache) -> None:
+    with pytest.raises(FastSamplingError, match=r"deep_cache.branch=5: expected 0 to 1 for this U-Net"):
+        load(cache_dir, engine_cache, "engine.backend=openvino", "deep_cache.interval=3", "deep_cache.branch=5")
     with pytest.raises(ConfigError, match=r"engine.backend='fast'.*auto \| torch \| openvino"):
         load(cache_dir, engine_cache, "engine.backend=fast")
     with pytest.raises(ConfigError, match=r"engine.quantize='int4'"):
         load(cache_dir, engine_cache, "engine.quantize=int4")
+
+
+# --- DeepCache on the engine -----------------------------------------------------------------------
+def deep_cache_kinds(model) -> list[list[str]]:
+    """The full/shallow schedule of each pipeline call the engine's DeepCache ran."""
+    sessions, make = [], model.unet.deep_cache
+
+    def spy(interval: int, branch: int):
+        sessions.append(make(interval, branch))
+        return sessions[-1]
+
+    model.unet.deep_cache = spy
+    return sessions
+
+
+@pytest.mark.parametrize("branch", [0, 1])
+def test_deep_cache_runs_on_the_engine_as_on_torch(branch, ov_model, cache_dir, engine_cache) -> None:
+    """The full graph's extra outputs feed the shallow graph: torch DeepCache's images, in OpenVINO."""
+    import openvino as ov
+
+    options = ("deep_cache.interval=3", f"deep_cache.branch={branch}")
+    model, cfg = load(cache_dir, engine_cache, "engine.backend=openvino", *options)
+    assert len(ov.Core().read_model(str(entry_of(engine_cache) / "unet.xml")).outputs) == 3  # noise + 2 branches
+    (shallow,) = engine_cache.glob(f"*/ov*-f32-shallow{branch}-v*")
+    assert json.loads((shallow / cache.MANIFEST).read_text())["branch"] == branch
+    sessions = deep_cache_kinds(model)
+    ours, info = render(model, cfg, steps=6)
+    assert info["deep_cache"] == f"interval=3,branch={branch}" and info["precision"] == "openvino-f32"
+    assert [s.kinds for s in sessions] == [["full", "shallow", "shallow"] * 2]
+    torch_model, torch_cfg = load(cache_dir, engine_cache, "engine.backend=torch", *options)
+    reference, _ = render(torch_model, torch_cfg, steps=6)
+    assert np.abs(ours - reference).max() <= MAX_PIXEL_DIFF
+    plain, _ = render(ov_model[0], ov_model[1], steps=6)
+    assert np.abs(ours - plain).mean() > 0.5  # the shallow calls really ran: the image moved
+    sessions.clear()
+    render(model, cfg, guidance_interval=(0.5, 1.0))  # batches 1, 1, 2, 2: a new batch size calls in full
+    assert [s.kinds for s in sessions] == [["full", "shallow", "full", "full"]]
 
 
 # --- guidance interval, on both engines ------------------------------------------------------------

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 
 from ldm.errors import ConfigError, expect
+from ldm.generation import fast
+from ldm.generation.fast import DeepCache
 from ldm.hardware import cpu_has_native_bf16
 
 log = logging.getLogger(__name__)
@@ -67,8 +69,8 @@ def install_engine(model: Any, cfg: Any, device: torch.device) -> str:
     reason = None
     if device.type != "cpu":
         reason = f"device={device} (OpenVINO runs the CPU here)"
-    elif int(cfg.deep_cache.interval) > 1:
-        reason = "deep_cache.interval > 1 runs on the torch U-Net only"
+    elif int(cfg.deep_cache.interval) > 1:  # a bad branch is an error, not a reason to fall back
+        DeepCache.check_supported(model.unet, int(cfg.deep_cache.branch))
     if reason is None:
         try:
             build_openvino(model, cfg)
@@ -129,13 +131,43 @@ def build_openvino(model: Any, cfg: Any) -> None:
     unet = CompiledByShape(core, core.read_model(str(folder / export.UNET_FILE)), properties, "U-Net")
     vae = CompiledByShape(core, core.read_model(str(folder / export.VAE_FILE)), properties, "VAE decoder")
     unet_config, vae_config = model.unet.config, model.vae.config
+    inputs = ((2, unet_config.in_channels, side, side), (1,), (2, tokens, unet_config.cross_attention_dim))
     # compiled now, not at the first step: `auto` falls back to torch on a compile error, and the cached
     # blobs make this the few seconds a second run takes; one copy serves batch 2 (guided) and 1 (unguided)
-    unet.compile(((2, unet_config.in_channels, side, side), (1,), (2, tokens, unet_config.cross_attention_dim)))
+    unet.compile(inputs)
     vae.compile(((1, vae_config.latent_channels, side, side),))
-    model.unet = OpenVINOUNet(unet, unet_config, label)  # the torch modules are dropped: their memory is freed
+    shallow = {}
+    if int(cfg.deep_cache.interval) > 1:
+        branch = int(cfg.deep_cache.branch)
+        shallow[branch] = shallow_graph(model, core, root, expected(None), properties, branch, tokens)
+        shallow[branch].compile((*inputs, (2, fast.feature_channels(model.unet, branch), side, side)))
+    model.unet = OpenVINOUNet(unet, unet_config, label, shallow)  # the torch modules are dropped: memory freed
     model.vae = OpenVINOVAE(vae, vae_config, label)
     gc.collect()
+
+
+def shallow_graph(
+    model: Any, core: Any, root: Path, expected: dict[str, Any], properties: dict, branch: int, tokens: int
+) -> Any:
+    """DeepCache's shallow U-Net graph of `branch`, from its own cache entry (built once, in seconds).
+
+    It stays float under `engine.quantize=int8` too: it holds a few percent of the U-Net's weights.
+    """
+    import openvino as ov
+
+    from ldm.generation.openvino import cache, export
+    from ldm.generation.openvino.runtime import CompiledByShape
+
+    precision = expected["precision"]
+
+    def build(tmp: Path) -> list[str]:
+        export.save(export.convert_shallow_unet(model.unet, branch, tokens), tmp / export.SHALLOW_FILE, precision)
+        return [export.SHALLOW_FILE, export.SHALLOW_FILE.replace(".xml", ".bin")]
+
+    key = cache.entry_key(ov.get_version(), precision, None, f"shallow{branch}")
+    what = f"DeepCache shallow U-Net (branch {branch})"
+    folder, _ = cache.ensure_entry(root / key, {**expected, "branch": branch}, build, what)
+    return CompiledByShape(core, core.read_model(str(folder / export.SHALLOW_FILE)), properties, "shallow U-Net")
 
 
 def calibration_samples(

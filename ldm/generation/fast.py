@@ -15,7 +15,7 @@ applied around each pipeline call by `ldm.generation.pipeline.generate`; a model
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -61,13 +61,15 @@ class FastSampling:
         return torch.autocast("cpu", dtype=torch.bfloat16) if self.autocast_bf16 else nullcontext()
 
     @contextmanager
-    def active(self, unet: UNet2DConditionModel) -> Iterator[DeepCache | None]:
+    def active(self, unet: Any) -> Iterator[Any]:
         """Autocast and DeepCache for one pipeline call (a fresh cache: calls count from 0)."""
         with ExitStack() as stack:
             stack.enter_context(self.autocast())
             cache = None
             if self.interval > 1 or self.autocast_bf16:  # the wrapper also hands fp32 noise to the scheduler
-                cache = stack.enter_context(DeepCache(unet, self.interval, self.branch))
+                on_engine = getattr(unet, "deep_cache", None)  # the OpenVINO engine's own (runtime.EngineDeepCache)
+                make = on_engine or (lambda interval, branch: DeepCache(unet, interval, branch))
+                cache = stack.enter_context(make(self.interval, self.branch))
             yield cache
 
 
@@ -86,8 +88,8 @@ def check_config(dtype: Any, deep_cache: Any) -> None:
 
 def install(model: torch.nn.Module, options: FastSampling | None) -> None:
     """Attach `options` to a model (None: the plain path); `generate` applies them per pipeline call."""
-    if options is not None and options.interval > 1:
-        DeepCache.check_supported(model.unet, options.branch)
+    if options is not None and options.interval > 1 and not hasattr(model.unet, "deep_cache"):
+        DeepCache.check_supported(model.unet, options.branch)  # the engine's U-Net was checked before its export
     setattr(model, _ATTRIBUTE, options)
 
 
@@ -126,13 +128,7 @@ class DeepCache:
 
     # --- install / remove ---------------------------------------------------------------------------
     def __enter__(self) -> DeepCache:
-        up = self.unet.up_blocks[-1]
-        j = len(up.resnets) - 1 - self.branch
-        if j == 0:  # the last up block's input: the deep part's output
-            self._hook = up.register_forward_pre_hook(self._keep_input, with_kwargs=True)
-        else:  # the output of layer j-1 (its attention when the block has one)
-            layer = up.attentions[j - 1] if getattr(up, "attentions", None) else up.resnets[j - 1]
-            self._hook = layer.register_forward_hook(self._keep_output)
+        self._hook = feature_hook(self.unet, self.branch, self._keep)
         self.unet.forward = self._forward  # an instance attribute shadows the class's forward
         return self
 
@@ -141,11 +137,8 @@ class DeepCache:
         self._hook.remove()
         self._feature = None
 
-    def _keep_input(self, module: Any, args: tuple, kwargs: dict) -> None:
-        self._feature = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-
-    def _keep_output(self, module: Any, args: tuple, output: Any) -> None:
-        self._feature = output[0] if isinstance(output, tuple) else output
+    def _keep(self, feature: torch.Tensor) -> None:
+        self._feature = feature
 
     # --- the two paths ------------------------------------------------------------------------------
     def _forward(self, sample: torch.Tensor, timestep: Any, encoder_hidden_states: torch.Tensor, **kwargs: Any):
@@ -178,32 +171,78 @@ class DeepCache:
         cross_attention_kwargs: dict[str, Any] | None = None,
         **_: Any,
     ) -> torch.Tensor:
-        unet = self.unet
-        if unet.config.center_input_sample:
-            sample = 2 * sample - 1.0
-        emb = unet.time_embedding(unet.get_time_embed(sample=sample, timestep=timestep), timestep_cond)
-        if unet.time_embed_act is not None:
-            emb = unet.time_embed_act(emb)
-        context = unet.process_encoder_hidden_states(encoder_hidden_states, added_cond_kwargs=None)
+        return shallow_forward(
+            self.unet, self.branch, sample, timestep, encoder_hidden_states, self._feature,
+            timestep_cond=timestep_cond, cross_attention_kwargs=cross_attention_kwargs,
+        )  # fmt: skip
 
-        def layer(block: Any, k: int, h: torch.Tensor) -> torch.Tensor:
-            h = block.resnets[k](h, emb)
-            if getattr(block, "attentions", None):
-                h = block.attentions[k](
-                    h, encoder_hidden_states=context, cross_attention_kwargs=cross_attention_kwargs, return_dict=False
-                )[0]
-            return h
 
-        h = unet.conv_in(sample)  # (B, C0, h, w)
-        skips = [h]
-        down = unet.down_blocks[0]
-        for k in range(self.branch):
-            h = layer(down, k, h)
-            skips.append(h)
-        up = unet.up_blocks[-1]
-        h = self._feature
-        for k in range(len(up.resnets) - 1 - self.branch, len(up.resnets)):
-            h = layer(up, k, torch.cat([h, skips.pop()], dim=1))
-        if unet.conv_norm_out is not None:
-            h = unet.conv_act(unet.conv_norm_out(h))
-        return unet.conv_out(h)  # (B, 4, h, w)
+def feature_hook(unet: UNet2DConditionModel, branch: int, keep: Callable[[torch.Tensor], None]) -> Any:
+    """Hook that hands `keep` the feature entering layer `n - 1 - branch` of the last up block (n layers).
+
+    Shared by the torch DeepCache and the OpenVINO export (which makes these features graph outputs).
+    Returns the hook's handle (`.remove()` it).
+    """
+    up = unet.up_blocks[-1]
+    j = len(up.resnets) - 1 - branch
+    if j == 0:  # the last up block's input: the deep part's output
+
+        def keep_input(module: Any, args: tuple, kwargs: dict) -> None:
+            keep(kwargs["hidden_states"] if "hidden_states" in kwargs else args[0])
+
+        return up.register_forward_pre_hook(keep_input, with_kwargs=True)
+    layer = up.attentions[j - 1] if getattr(up, "attentions", None) else up.resnets[j - 1]  # layer j-1's output
+
+    def keep_output(module: Any, args: tuple, output: Any) -> None:
+        keep(output[0] if isinstance(output, tuple) else output)
+
+    return layer.register_forward_hook(keep_output)
+
+
+def feature_channels(unet: UNet2DConditionModel, branch: int) -> int:
+    """Channels of the feature `feature_hook` keeps (its spatial size is the latents')."""
+    up = unet.up_blocks[-1]
+    j = len(up.resnets) - 1 - branch
+    return up.resnets[j - 1].out_channels if j else unet.up_blocks[-2].resnets[-1].out_channels
+
+
+def shallow_forward(
+    unet: UNet2DConditionModel,
+    branch: int,
+    sample: torch.Tensor,
+    timestep: Any,
+    encoder_hidden_states: torch.Tensor,
+    feature: torch.Tensor,
+    timestep_cond: torch.Tensor | None = None,
+    cross_attention_kwargs: dict[str, Any] | None = None,
+) -> torch.Tensor:
+    """DeepCache's shallow call: conv_in, `branch` first-level layers, the last up block's layers from the
+    kept `feature` on, conv_out. The OpenVINO engine exports this function as its shallow graph."""
+    if unet.config.center_input_sample:
+        sample = 2 * sample - 1.0
+    emb = unet.time_embedding(unet.get_time_embed(sample=sample, timestep=timestep), timestep_cond)
+    if unet.time_embed_act is not None:
+        emb = unet.time_embed_act(emb)
+    context = unet.process_encoder_hidden_states(encoder_hidden_states, added_cond_kwargs=None)
+
+    def layer(block: Any, k: int, h: torch.Tensor) -> torch.Tensor:
+        h = block.resnets[k](h, emb)
+        if getattr(block, "attentions", None):
+            h = block.attentions[k](
+                h, encoder_hidden_states=context, cross_attention_kwargs=cross_attention_kwargs, return_dict=False
+            )[0]
+        return h
+
+    h = unet.conv_in(sample)  # (B, C0, h, w)
+    skips = [h]
+    down = unet.down_blocks[0]
+    for k in range(branch):
+        h = layer(down, k, h)
+        skips.append(h)
+    up = unet.up_blocks[-1]
+    h = feature
+    for k in range(len(up.resnets) - 1 - branch, len(up.resnets)):
+        h = layer(up, k, torch.cat([h, skips.pop()], dim=1))
+    if unet.conv_norm_out is not None:
+        h = unet.conv_act(unet.conv_norm_out(h))
+    return unet.conv_out(h)  # (B, 4, h, w)

@@ -6,6 +6,7 @@ way, so a setting that works in one works in all.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -68,8 +69,8 @@ def base_chosen_on_command_line() -> bool:
 def load_for_inference(cfg: Any, *, base_override: bool) -> TextEncoderFineTuner:
     """The model of `cfg.model` + `cfg.checkpoint`, ready to sample on `cfg.device` with `cfg.threads`.
 
-    With the OpenVINO engine (`cfg.engine`), `model.unet` and `model.vae` are compiled OpenVINO models and the
-    torch fast paths (bf16 autocast, DeepCache) do not apply: OpenVINO picks its own precision.
+    With the OpenVINO engine (`cfg.engine`), `model.unet` and `model.vae` are compiled OpenVINO models: bf16
+    autocast does not apply (OpenVINO picks its own precision), and DeepCache runs on the engine's graphs.
     """
     device = resolve_device(cfg.device)
     set_threads(cfg.threads)
@@ -79,5 +80,7 @@ def load_for_inference(cfg: Any, *, base_override: bool) -> TextEncoderFineTuner
     model = build_model(cfg.model, cfg.checkpoint, base_override=base_override)
     prepare_for_inference(model, device, cfg.attention_slicing)
     engine = install_engine(model, cfg, device)
-    fast.install(model, options if engine == "torch" else None)
+    if engine == "openvino":  # OpenVINO picks its own precision; DeepCache runs on the engine's own graphs
+        options = replace(options, autocast_bf16=False) if options.interval > 1 else None
+    fast.install(model, options)
     return model

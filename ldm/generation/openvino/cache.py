@@ -22,7 +22,7 @@ import torch
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
-FORMAT = 2  # bump when the exported files change meaning (2: the U-Net's token count is dynamic)
+FORMAT = 3  # bump when the exported files change meaning (2: dynamic token count; 3: DeepCache feature outputs)
 
 
 def fingerprint(*modules: torch.nn.Module) -> str:
@@ -36,10 +36,12 @@ def fingerprint(*modules: torch.nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
-def entry_key(ov_version: str, precision: str, quantize: str | None) -> str:
-    """The folder name below the fingerprint, e.g. `ov2026.4.1-f32` or `ov2026.4.1-bf16-int8`."""
+def entry_key(ov_version: str, precision: str, quantize: str | None, part: str = "") -> str:
+    """The folder name below the fingerprint, e.g. `ov2026.4.1-f32-v3`, `ov2026.4.1-bf16-int8-v3` or, for
+    DeepCache's shallow graph of branch 0, `ov2026.4.1-f32-shallow0-v3`."""
     version = ov_version.split("-")[0]
-    return f"ov{version}-{precision}" + (f"-{quantize}" if quantize else "") + f"-v{FORMAT}"
+    parts = [f"ov{version}", precision, *([quantize] if quantize else []), *([part] if part else []), f"v{FORMAT}"]
+    return "-".join(parts)
 
 
 def file_sha256(path: Path) -> str:

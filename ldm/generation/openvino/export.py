@@ -15,18 +15,59 @@ from typing import Any
 
 import torch
 
-UNET_FILE, VAE_FILE = "unet.xml", "vae_decoder.xml"
+UNET_FILE, VAE_FILE, SHALLOW_FILE = "unet.xml", "vae_decoder.xml", "unet_shallow.xml"
+
+
+def deep_cache_branches(unet: Any) -> range:
+    """The DeepCache branches this U-Net supports (0 to the first down block's layers), empty if none."""
+    from ldm.generation.fast import DeepCache, FastSamplingError
+
+    try:
+        DeepCache.check_supported(unet, 0)
+    except FastSamplingError:
+        return range(0)
+    return range(len(unet.down_blocks[0].resnets) + 1)
 
 
 class _UNetCall(torch.nn.Module):
-    """The three tensors diffusers passes, the noise prediction back (no dataclass for the tracer)."""
+    """The three tensors diffusers passes -> the noise prediction, then DeepCache's feature of each branch.
+
+    Why the features are outputs of the one graph: a DeepCache full call must keep the feature its shallow
+    calls reuse, and a second full graph would mean a second export and a second 3.4 GB copy. The features
+    are tensors the U-Net computes anyway; as outputs they cost one copy of a few MB per call.
+    """
 
     def __init__(self, unet: torch.nn.Module) -> None:
         super().__init__()
         self.unet = unet
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor):
-        return self.unet(sample, timestep, encoder_hidden_states, return_dict=False)[0]
+        from ldm.generation.fast import feature_hook
+
+        kept: dict[int, torch.Tensor] = {}
+        branches = deep_cache_branches(self.unet)
+        hooks = [feature_hook(self.unet, b, lambda f, b=b: kept.__setitem__(b, f)) for b in branches]
+        try:
+            noise = self.unet(sample, timestep, encoder_hidden_states, return_dict=False)[0]
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return (noise, *(kept[b] for b in branches))
+
+
+class _ShallowCall(torch.nn.Module):
+    """DeepCache's shallow call of one branch: the three tensors and the kept feature -> the noise prediction."""
+
+    def __init__(self, unet: torch.nn.Module, branch: int) -> None:
+        super().__init__()
+        self.unet, self.branch = unet, branch
+
+    def forward(
+        self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor, feature: torch.Tensor
+    ) -> torch.Tensor:
+        from ldm.generation.fast import shallow_forward
+
+        return shallow_forward(self.unet, self.branch, sample, timestep, encoder_hidden_states, feature)
 
 
 class _Decode(torch.nn.Module):
@@ -39,7 +80,8 @@ class _Decode(torch.nn.Module):
 
 
 def convert_unet(unet: Any, tokens: int = 77) -> Any:
-    """The U-Net as an ov.Model: inputs sample (B, C, h, w), timestep (1,) float, context (B, T, D).
+    """The U-Net as an ov.Model: inputs sample (B, C, h, w), timestep (1,) float, context (B, T, D); outputs
+    the noise prediction and, for each DeepCache branch b, the feature its shallow graph takes (output 1 + b).
 
     The token count T stays dynamic too: SD's tokenizer gives 77, the shapes world's 16, and nncf's int8
     calibration runs the IR itself at the model's own T (`tokens` is only the tracing example's).
@@ -51,6 +93,23 @@ def convert_unet(unet: Any, tokens: int = 77) -> Any:
     shapes = [("sample", [-1, c, -1, -1]), ("timestep", [1]), ("encoder_hidden_states", [-1, -1, d])]
     with torch.no_grad():
         return ov.convert_model(_UNetCall(unet.float().eval()), example_input=example, input=shapes)
+
+
+def convert_shallow_unet(unet: Any, branch: int, tokens: int = 77) -> Any:
+    """DeepCache's shallow graph for `branch`: inputs sample, timestep, context as `convert_unet`'s, and the
+    kept feature (B, F, h, w), output 1 + branch of the full graph. A few percent of the U-Net's weights."""
+    import openvino as ov
+
+    from ldm.generation.fast import feature_channels
+
+    c, d, side = unet.config.in_channels, unet.config.cross_attention_dim, unet.config.sample_size
+    f = feature_channels(unet, branch)
+    example = (torch.randn(2, c, side, side), torch.tensor([500.0]), torch.randn(2, tokens, d))
+    example += (torch.randn(2, f, side, side),)
+    shapes = [("sample", [-1, c, -1, -1]), ("timestep", [1]), ("encoder_hidden_states", [-1, -1, d])]
+    shapes += [("feature", [-1, f, -1, -1])]
+    with torch.no_grad():
+        return ov.convert_model(_ShallowCall(unet.float().eval(), branch), example_input=example, input=shapes)
 
 
 def convert_vae_decoder(vae: Any, side: int) -> Any:

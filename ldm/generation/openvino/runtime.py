@@ -20,6 +20,8 @@ import torch
 from diffusers.models.autoencoders.vae import DecoderOutput
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 
+from ldm.generation.fast import FastSamplingError
+
 log = logging.getLogger(__name__)
 
 
@@ -31,7 +33,11 @@ class CompiledByShape:
         self.compiled: dict[tuple, Any] = {}
 
     def __call__(self, *arrays: np.ndarray) -> np.ndarray:
-        return self.compile(tuple(a.shape for a in arrays))(list(arrays))[0]
+        """The first output (the noise prediction, the image)."""
+        return self.outputs(*arrays)[0]
+
+    def outputs(self, *arrays: np.ndarray) -> tuple[np.ndarray, ...]:
+        return self.compile(tuple(a.shape for a in arrays))(list(arrays)).to_tuple()
 
     def compile(self, shapes: tuple) -> Any:
         """The compiled model for input `shapes` (compiled on first use; a blob from CACHE_DIR after).
@@ -67,11 +73,18 @@ class EngineModule(torch.nn.Module):
 
 
 class OpenVINOUNet(EngineModule):
-    """`unet(sample, timestep, encoder_hidden_states, ...)` -> noise prediction, from a compiled model."""
+    """`unet(sample, timestep, encoder_hidden_states, ...)` -> noise prediction, from a compiled model.
 
-    def __init__(self, compiled: CompiledByShape, config: Any, precision: str) -> None:
+    `shallow` maps a DeepCache branch to its compiled shallow graph; `deep_cache(interval, branch)` routes
+    the calls of one pipeline call through the full and shallow graphs (`ldm.generation.fast` enters it).
+    """
+
+    def __init__(
+        self, compiled: CompiledByShape, config: Any, precision: str, shallow: dict[int, CompiledByShape] | None = None
+    ) -> None:
         super().__init__(config, precision)
-        self.run = compiled
+        self.run, self.shallow = compiled, shallow or {}
+        self.session: EngineDeepCache | None = None
 
     def forward(
         self,
@@ -86,13 +99,53 @@ class OpenVINOUNet(EngineModule):
         if args or unsupported or kwargs.get("timestep_cond") is not None:
             raise TypeError(f"the OpenVINO U-Net takes sample, timestep, encoder_hidden_states only, not {unsupported}")
         t = torch.as_tensor(timestep, dtype=torch.float32).reshape(-1)[:1]  # one timestep for the whole batch
-        out = self.run(
+        arrays = (
             sample.detach().float().contiguous().numpy(),
             t.numpy(),
             encoder_hidden_states.detach().float().contiguous().numpy(),
         )
+        out = self.run(*arrays) if self.session is None else self.session(*arrays)
         noise = torch.from_numpy(np.array(out, copy=True))
         return UNet2DConditionOutput(sample=noise) if return_dict else (noise,)
+
+    def deep_cache(self, interval: int, branch: int) -> EngineDeepCache:
+        if branch not in self.shallow:
+            raise FastSamplingError(f"deep_cache.branch={branch}: this engine was built for {sorted(self.shallow)}")
+        return EngineDeepCache(self, interval, branch)
+
+
+class EngineDeepCache:
+    """DeepCache on the engine, for one pipeline call: the torch `fast.DeepCache`'s schedule on two graphs.
+
+    Call i (from 0) is full when i % interval == 0 (or the batch changed, as the guidance interval does):
+    the full graph runs and its output 1 + branch, the feature entering the last up block's shallow
+    layers, is kept. The calls between run the shallow graph on it.
+    """
+
+    def __init__(self, unet: OpenVINOUNet, interval: int, branch: int) -> None:
+        self.unet, self.interval, self.branch = unet, interval, branch
+        self.full, self.shallow = unet.run, unet.shallow[branch]
+        self.calls = 0
+        self.kinds: list[str] = []  # "full" | "shallow" per call, for benchmarks
+        self._feature: np.ndarray | None = None
+
+    def __enter__(self) -> EngineDeepCache:
+        self.unet.session = self
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.unet.session, self._feature = None, None
+
+    def __call__(self, sample: np.ndarray, timestep: np.ndarray, context: np.ndarray) -> np.ndarray:
+        stale = self._feature is None or self._feature.shape[0] != sample.shape[0]
+        full = self.calls % self.interval == 0 or stale
+        self.calls += 1
+        self.kinds.append("full" if full else "shallow")
+        if not full:
+            return self.shallow(sample, timestep, context, self._feature)
+        outputs = self.full.outputs(sample, timestep, context)
+        self._feature = np.array(outputs[1 + self.branch], copy=True)
+        return outputs[0]
 
 
 class OpenVINOVAE(EngineModule):
