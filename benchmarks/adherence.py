@@ -12,11 +12,14 @@ Why here and not in a unit test: the numbers need the trained shapes world (`mak
 .cache/shapes) and minutes of sampling. Every variant renders the same fixed held-out prompts with the same
 seeds through `sample.py`'s path (conf/sample.yaml + overrides, `load_for_inference`, `generate`), and the
 world's attribute judge scores shape, colour and position against the prompt:
-  pndm-50      diffusers' default sampler: PNDM, 50 steps, fp32 (the baseline of sample_cpu.py)
-  default      sample.py's defaults (DPM-Solver++ 15 steps, dtype auto)
-  default-fp32 the same in fp32                 deep-cache   default + deep_cache.interval=3
-  ddim-20      the sampler the demo's report uses
-  default-gi   default + guidance_interval=[0.2,0.8] (9 of 15 steps guided; the engine's opt-in)
+  pndm-50      diffusers' default sampler: PNDM, 50 steps, fp32, every step guided (sample_cpu.py's baseline)
+  default      sample.py's defaults (DPM-Solver++ 15 steps, dtype auto, guidance interval [0.2, 0.8]:
+               9 of 15 steps guided)
+  default-full the same with every step guided (guidance_interval=[0.0,1.0], the default before 2026-12-01)
+  default-fp32 default in fp32                 deep-cache   default + deep_cache.interval=3
+  ddim-20      the sampler the demo's report uses, every step guided
+  default-gi   default + guidance_interval=[0.2,0.8] given explicitly (the same as default since 2026-12-01;
+               every -gi name says so explicitly, the others follow the default)
   openvino     default on the OpenVINO engine (engine.backend=openvino; -gi with the interval too)
   openvino-int8  openvino + engine.quantize=int8, calibrated on three of the world's training captions
   openvino-deep-cache  openvino + deep_cache.interval=3 (-gi: and the interval; openvino-int8-deep-cache-gi:
@@ -40,11 +43,12 @@ if __package__ in (None, ""):
 from benchmarks.common import ROOT, compose_project_config, default_cache_dir, machine_line, table, write_results
 
 VARIANTS: dict[str, list[str]] = {  # variant -> sample.py overrides on top of its defaults
-    "pndm-50": ["scheduler=pndm", "steps=50", "dtype=fp32"],
+    "pndm-50": ["scheduler=pndm", "steps=50", "dtype=fp32", "guidance_interval=[0.0,1.0]"],
     "default": [],
+    "default-full": ["guidance_interval=[0.0,1.0]"],
     "default-fp32": ["dtype=fp32"],
     "deep-cache": ["deep_cache.interval=3"],
-    "ddim-20": ["scheduler=ddim", "steps=20"],
+    "ddim-20": ["scheduler=ddim", "steps=20", "guidance_interval=[0.0,1.0]"],
     "default-gi": ["guidance_interval=[0.2,0.8]"],
     "openvino": ["engine.backend=openvino"],
     "openvino-gi": ["engine.backend=openvino", "guidance_interval=[0.2,0.8]"],

@@ -14,12 +14,15 @@ to .cache/sd15-random; the cost does not depend on the weight values). Each vari
 process, so its peak RSS (load included) is its own:
   baseline     StableDiffusionPipeline.from_pretrained + enable_attention_slicing(), PNDM 50 steps, fp32
   ours         sample.py's defaults (conf/sampling/default.yaml) through load_for_inference + generate:
-               engine.backend=torch, bf16 autocast where the CPU has a bf16 unit, fp32 elsewhere
-  torch-fp32   ours with dtype=fp32, the reference of the latents' error (skipped when ours is fp32 already)
-  torch        ours with engine.backend=torch given explicitly (the same run while torch is the default)
-  openvino     ours with engine.backend=openvino: the OpenVINO engine at the CPU's precision
+               engine.backend=torch, bf16 autocast where the CPU has a bf16 unit, fp32 elsewhere, and the
+               guidance interval [0.2, 0.8] (9 of 15 steps guided; unguided steps run one batch-1 pass)
+  ours-full    ours with every step guided (guidance_interval=[0.0,1.0], diffusers' plain CFG); every
+               variant below without -gi guides every step too
+  torch-fp32   ours-full with dtype=fp32, the reference of the latents' error (skipped when ours-full is fp32)
+  torch        ours-full with engine.backend=torch given explicitly (the same run while torch is the default)
+  openvino     ours-full with engine.backend=openvino: the OpenVINO engine at the CPU's precision
   openvino-int8  openvino + engine.quantize=int8 (calibrated on the benchmark prompt's own trajectory)
-  *-gi         the same + guidance_interval=[0.2, 0.8] (unguided steps run one batch-1 pass)
+  *-gi         the same + guidance_interval=[0.2, 0.8]
   deep-cache   torch + deep_cache.interval=3 (opt-in)   (and deep-cache-fp32)
   openvino[-int8]-deep-cache[-gi]  DeepCache on the engine (its full graph keeps the features, a shallow graph
                reuses them); openvino-int8-deep-cache-gi is the fastest opt-in path
@@ -29,10 +32,11 @@ process, so its peak RSS (load included) is its own:
 Unless --full, a variant runs its first K steps (then the pipeline's interrupt flag skips the rest and it
 decodes), and s/image is extrapolated: the time before the first U-Net call + every step at the median of its
 kind (full / shallow DeepCache, guided / conditional-only; the first step of a kind counts as warm-up when
-there are others) + VAE decode + the rest. A `-gi` variant whose measured steps are all unguided takes the
-guided step's time from its sibling without `-gi` (same engine, same shapes, same run); the table says so,
-and says which numbers are extrapolated. The latents' error is relative (L2) after the measured steps, vs
-torch fp32 at the same seed (for `-gi` it includes the interval's own change of the image).
+there are others) + VAE decode + the rest. A variant with the interval (ours, `-gi`) whose measured steps
+miss a guided kind, or measured it once and cold, takes it from its sibling without the interval (`SIBLINGS`:
+same engine, same shapes, same run); the table says so, and says which numbers are extrapolated. The latents'
+error is relative (L2) after the measured steps, vs torch fp32 with every step guided at the same seed (for
+variants with the interval it includes the interval's own change of the image).
 GFLOP/s counts the matmuls, convolutions and attention of one U-Net call (FlopCounterMode on meta
 tensors) over its median time, against the median GFLOP/s of square matmuls measured in this run with the
 same threads (bf16 matmuls for bf16 variants; see `roof`).
@@ -71,11 +75,10 @@ from ldm.hardware import cpu_has_native_bf16
 
 PROMPT = "A dog running on the beach at sunset"
 BASELINE_STEPS = 50
-GI, DC = "guidance_interval=[0.2,0.8]", "deep_cache.interval=3"
+GI, FULL, DC = "guidance_interval=[0.2,0.8]", "guidance_interval=[0.0,1.0]", "deep_cache.interval=3"
 TORCH, INT8 = ["engine.backend=torch"], ["engine.quantize=int8", f"engine.calibration_prompts=['{PROMPT}']"]
-VARIANTS: dict[str, list[str]] = {  # variant -> sample.py overrides on top of its defaults
-    "ours": [],
-    "ours-gi": [GI],
+OVERRIDES: dict[str, list[str]] = {  # variant -> sample.py overrides; without GI every step is guided (FULL)
+    "ours-full": [],
     "torch": TORCH,
     "torch-fp32": [*TORCH, "dtype=fp32"],
     "torch-gi": [*TORCH, GI],
@@ -93,11 +96,17 @@ VARIANTS: dict[str, list[str]] = {  # variant -> sample.py overrides on top of i
     "chan-last": [*TORCH, "dtype=fp32"],
     "vae-tiled": [*TORCH, "dtype=fp32"],
 }
-QUICK = ["baseline", "ours", "torch-fp32", "ours-gi", "deep-cache", "openvino", "openvino-gi", "openvino-int8",
+VARIANTS = {  # ours: sample.py's defaults as they are (the guidance interval [0.2, 0.8] included)
+    "ours": [],
+    **{name: overrides if GI in overrides else [*overrides, FULL] for name, overrides in OVERRIDES.items()},
+}
+# the variant a row takes the step kinds it did not measure warm from: the same run without the interval
+SIBLINGS = {"ours": "ours-full", **{v: v.removesuffix("-gi") for v in VARIANTS if v.endswith("-gi")}}
+QUICK = ["baseline", "ours", "ours-full", "torch-fp32", "deep-cache", "openvino", "openvino-gi", "openvino-int8",
          "openvino-int8-gi", "openvino-deep-cache", "openvino-deep-cache-gi", "openvino-int8-deep-cache",
          "openvino-int8-deep-cache-gi"]  # fmt: skip
 MODES = {  # measured steps per variant (None: all), variants run
-    "smoke": (2, ["baseline", "torch", "ours", "ours-gi", "deep-cache"]),
+    "smoke": (2, ["baseline", "torch", "ours", "ours-full", "deep-cache"]),
     "quick": (2, QUICK),
     "default": (4, [*QUICK, "torch-gi", "deep-cache-fp32", "slicing", "chan-last", "vae-tiled"]),
     "full": (None, [*QUICK, "torch-gi", "deep-cache-fp32", "slicing", "chan-last"]),
@@ -310,15 +319,15 @@ KINDS = ("full", "shallow", "full-cond", "shallow-cond")
 
 
 def fill_missing_kinds(results: dict[str, dict[str, Any]]) -> None:
-    """A `-gi` variant's unmeasured step kinds from its sibling without `-gi`; its s/image again.
+    """A variant's unmeasured step kinds from its sibling without the interval (`SIBLINGS`); its s/image again.
 
     A kind the variant measured once only (the guided step 3 of `--steps 4` with the interval [0.2, 0.8])
     is taken from the sibling too when the sibling measured it warm: a lone first call of a kind includes
     its one-off costs (a first batch-2 call on a compiled engine).
     """
     for variant, r in results.items():
-        sibling = results.get(variant.removesuffix("-gi"))
-        if sibling is None or variant == variant.removesuffix("-gi"):
+        sibling = results.get(SIBLINGS.get(variant, ""))
+        if sibling is None:
             continue
         sibling_warm = [k for k in sibling["step_s"] if k not in sibling.get("cold_kinds", [])]
         wanted = [*r.get("missing_kinds", []), *(k for k in r.get("cold_kinds", []) if k in sibling_warm)]
@@ -336,7 +345,7 @@ def fill_missing_kinds(results: dict[str, dict[str, Any]]) -> None:
 
 def relative_errors(results: dict[str, dict[str, Any]], latents: dict[str, Path]) -> None:
     """L2 error of each variant's latents after the measured steps, relative to torch fp32's."""
-    torch_fp32 = ("torch-fp32", "torch", "ours")  # ours is torch (engine.backend: torch) at `dtype: auto`
+    torch_fp32 = ("torch-fp32", "torch", "ours-full")  # every step guided; ours-full is torch at `dtype: auto`
     reference = next((v for v in torch_fp32 if results.get(v, {}).get("precision") == "fp32"), None)
     if reference is None or reference not in latents:
         return
@@ -426,7 +435,7 @@ def main() -> None:
     latents: dict[str, Path] = {}
     failed: dict[str, str] = {}
     for variant in variants:
-        twin = "ours" if variant == "torch-fp32" else variant.removesuffix("-fp32")
+        twin = "ours-full" if variant == "torch-fp32" else variant.removesuffix("-fp32")
         if variant.endswith("-fp32") and results.get(twin, {}).get("precision") == "fp32":
             continue  # `dtype: auto` already picked fp32 on this CPU: the same run twice
         worker = [__file__, "--worker", variant, "--model", model, "--height", str(height)]

@@ -22,6 +22,7 @@ from ldm.generation.loading import load_for_inference
 from ldm.generation.openvino import cache
 from ldm.generation.openvino.runtime import OpenVINOUNet
 from ldm.generation.pipeline import generate
+from ldm.generation.progress import step_callback
 from ldm.generation.settings import SampleSettings
 from tests.conftest import compose_config
 
@@ -29,6 +30,7 @@ pytest.importorskip("openvino")
 PROMPT = "a red circle on the left"
 # OpenVINO f32 vs torch fp32, 8-bit pixels after 4 DPM++ steps and the VAE: different kernels, same maths
 MAX_PIXEL_DIFF = 2
+FULL = (0.0, 1.0)  # every step guided (the default guides 0.2 <= i/N < 0.8 only)
 
 
 @pytest.fixture(scope="module")
@@ -176,13 +178,13 @@ def test_deep_cache_runs_on_the_engine_as_on_torch(branch, ov_model, cache_dir, 
     (shallow,) = engine_cache.glob(f"*/ov*-f32-shallow{branch}-v*")
     assert json.loads((shallow / cache.MANIFEST).read_text())["branch"] == branch
     sessions = deep_cache_kinds(model)
-    ours, info = render(model, cfg, steps=6)
+    ours, info = render(model, cfg, steps=6, guidance_interval=FULL)
     assert info["deep_cache"] == f"interval=3,branch={branch}" and info["precision"] == "openvino-f32"
     assert [s.kinds for s in sessions] == [["full", "shallow", "shallow"] * 2]
     torch_model, torch_cfg = load(cache_dir, engine_cache, "engine.backend=torch", *options)
-    reference, _ = render(torch_model, torch_cfg, steps=6)
+    reference, _ = render(torch_model, torch_cfg, steps=6, guidance_interval=FULL)
     assert np.abs(ours - reference).max() <= MAX_PIXEL_DIFF
-    plain, _ = render(ov_model[0], ov_model[1], steps=6)
+    plain, _ = render(ov_model[0], ov_model[1], steps=6, guidance_interval=FULL)
     assert np.abs(ours - plain).mean() > 0.5  # the shallow calls really ran: the image moved
     sessions.clear()
     render(model, cfg, guidance_interval=(0.5, 1.0))  # batches 1, 1, 2, 2: a new batch size calls in full
@@ -200,7 +202,7 @@ def unet_batches(model) -> list[int]:
 def test_guidance_interval(engine, ov_model, cache_dir, engine_cache) -> None:
     model, cfg = ov_model if engine == "openvino" else load(cache_dir, engine_cache, "engine.backend=torch")
     batches = unet_batches(model)
-    plain, _ = render(model, cfg)
+    plain, _ = render(model, cfg, guidance_interval=FULL)
     inside, info = render(model, cfg, guidance_interval=(0.0, 0.99))  # every step i/4 < 0.99: all guided
     assert np.array_equal(inside, plain) and info["guidance_interval"] == [0.0, 0.99]
     assert batches == [2] * 8
@@ -215,6 +217,17 @@ def test_guidance_interval(engine, ov_model, cache_dir, engine_cache) -> None:
     assert not np.array_equal(half, plain) and not np.array_equal(half, unguided)
     if engine == "openvino":  # batch 1 and batch 2 ran on one compiled copy (one set of weights in memory)
         assert len(model.unet.run.compiled) == 1
+
+
+def test_guidance_interval_keeps_its_embeddings_under_a_progress_callback(cache_dir, engine_cache) -> None:
+    """sample.py's and the app's step callbacks return {}: the interval's switch of embeddings must survive it."""
+    model, cfg = load(cache_dir, engine_cache, "engine.backend=torch")
+    base = SampleSettings.from_config(cfg, (PROMPT,))
+    chosen = SampleSettings(**{**base.__dict__, "steps": 4, "seed": 3, "guidance_interval": (0.5, 1.0)})
+    steps: list[int] = []
+    (watched,) = generate(model, chosen, on_step=step_callback(lambda step, total, latents: steps.append(step)))
+    (plain,) = generate(model, chosen)
+    assert steps == [1, 2, 3, 4] and watched.tobytes() == plain.tobytes()
 
 
 def test_guidance_interval_is_checked() -> None:

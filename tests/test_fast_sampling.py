@@ -85,11 +85,11 @@ def model(cfg):
 def render(
     model, cfg, options: FastSampling | None, steps: int = 6, seed: int = 3
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """One 64 px image of the tiny model with `options` installed (then removed again)."""
+    """One 64 px image of the tiny model with `options` installed (then removed again), every step guided."""
     fast_sampling.install(model, options)
     try:
         base = SampleSettings.from_config(cfg, ("a red circle on the left",))
-        settings = SampleSettings(**{**base.__dict__, "steps": steps, "seed": seed})
+        settings = SampleSettings(**{**base.__dict__, "steps": steps, "seed": seed, "guidance_interval": (0.0, 1.0)})
         (image,) = generate(model, settings)
     finally:
         fast_sampling.install(model, None)

@@ -70,8 +70,8 @@ def test_a_seed_gives_the_same_image_whatever_the_batch_size(model, cfg) -> None
 
 def test_staged_generation_matches_diffusers_own_decode_in_the_same_call(model, cfg) -> None:
     """`generate` denoises to latents and decodes after: the images are the one-call pipeline's, to the byte."""
-    chosen = settings(cfg, "a red circle on the left", "a blue square", num_images=1, batch_size=2)
-    staged = generate(model, chosen)
+    chosen = settings(cfg, "a red circle on the left", "a blue square", batch_size=2, guidance_interval=(0.0, 1.0))
+    staged = generate(model, chosen)  # every step guided: the pipeline's own CFG, with nothing in between
     positive = encode_prompts(model, list(chosen.prompts))
     negative = encode_prompts(model, [chosen.negative_prompt]).expand_as(positive)
     pipe = build_pipeline(model, chosen.scheduler)

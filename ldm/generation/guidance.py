@@ -48,7 +48,10 @@ class GuidanceInterval:
             guided = self.guided(step + 1, steps)
             pipe._guidance_scale = self.scale if guided else 1.0
             kwargs["prompt_embeds"] = self.guided_embeds if guided else self.positive
-        return self.then(pipe, step, timestep, kwargs) if self.then else kwargs
+        if self.then is None:
+            return kwargs
+        # the wrapped callback's changes on top of ours: one that returns {} (sample.py's, the app's) keeps them
+        return {**kwargs, **(self.then(pipe, step, timestep, kwargs) or {})}
 
 
 def is_full(interval: Any) -> bool:
