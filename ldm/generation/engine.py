@@ -1,8 +1,8 @@
 """`engine: auto | torch | openvino`: which runtime runs the frozen U-Net and VAE decoder.
 
 Why a choice, and torch by default: OpenVINO ran the base's U-Net 1.2-3.3x faster than torch fp32 on a Zen 4
-with a bf16 unit, and an image 1.2x faster on an AVX2-only EPYC, but at 9.5-12.9 GiB peak RSS against
-torch's 5.5 GiB and after a one-off export of minutes (docs/engine.md). It is an optional dependency and its
+with a bf16 unit, and an image 1.0-1.2x faster on an AVX2-only EPYC, but at 9-12 GiB peak RSS against
+torch's 4.2 GiB and after a one-off export of minutes (docs/engine.md). It is an optional dependency and its
 compiler can fail on some CPUs; `auto` uses it when it imports and compiles, else torch, with one warning
 that says why. The text encoder (the fine-tuned part, and its projection)
 always stays in torch, so every checkpoint of a base shares one converted U-Net and VAE.

@@ -35,7 +35,9 @@ class SampleSettings:
     width: int | None
     num_images: int  # per prompt
     batch_size: int
-    guidance_interval: tuple[float, float] = (0.0, 1.0)  # fractions of the schedule guided; conf: image.yaml
+    # fractions of the schedule guided; (0, 1) = every step for code that builds settings itself; sample.py's
+    # default, [0.2, 0.8], lives in conf/sampling/image.yaml
+    guidance_interval: tuple[float, float] = (0.0, 1.0)
 
     @classmethod
     def from_config(cls, cfg: Any, prompts: Sequence[str], **fixed: Any) -> SampleSettings:
