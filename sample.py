@@ -41,9 +41,7 @@ def main(cfg: DictConfig) -> None:
             count, settings.batch_size, preview=preview, preview_every=cfg.preview_every, out_dir=cfg.out_dir
         )
         # one run, so each model is freed once its stage is done: the peak RSS is the U-Net's, not all three's
-        images = generate(
-            model, settings, checkpoint=cfg.checkpoint, on_step=step_callback(watch), release_models=True
-        )
+        images = generate(model, settings, checkpoint=cfg.checkpoint, on_step=step_callback(watch), release_models=True)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
