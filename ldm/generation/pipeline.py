@@ -77,6 +77,7 @@ def encode_prompts(model: TextEncoderFineTuner, texts: Sequence[str]) -> torch.T
     return model.encode_text(ids.to(device)).to(model.unet.dtype)
 
 
+@torch.no_grad()  # the decode runs here now, outside the pipeline's own no_grad
 def generate(
     model: TextEncoderFineTuner,
     settings: SampleSettings,
