@@ -42,28 +42,29 @@ if __package__ in (None, ""):
 
 from benchmarks.common import ROOT, compose_project_config, default_cache_dir, machine_line, table, write_results
 
+GI, FULL, DC = "guidance_interval=[0.2,0.8]", "guidance_interval=[0.0,1.0]", "deep_cache.interval=3"
+OV, INT8 = "engine.backend=openvino", "engine.quantize=int8"  # int8: + calibration_overrides()
 VARIANTS: dict[str, list[str]] = {  # variant -> sample.py overrides on top of its defaults
-    "pndm-50": ["scheduler=pndm", "steps=50", "dtype=fp32", "guidance_interval=[0.0,1.0]"],
+    "pndm-50": ["scheduler=pndm", "steps=50", "dtype=fp32", FULL],
     "default": [],
-    "default-full": ["guidance_interval=[0.0,1.0]"],
+    "default-full": [FULL],
     "default-fp32": ["dtype=fp32"],
-    "deep-cache": ["deep_cache.interval=3"],
-    "ddim-20": ["scheduler=ddim", "steps=20", "guidance_interval=[0.0,1.0]"],
-    "default-gi": ["guidance_interval=[0.2,0.8]"],
-    "openvino": ["engine.backend=openvino"],
-    "openvino-gi": ["engine.backend=openvino", "guidance_interval=[0.2,0.8]"],
-    "openvino-int8": ["engine.backend=openvino", "engine.quantize=int8"],  # + calibration_overrides()
-    "openvino-deep-cache": ["engine.backend=openvino", "deep_cache.interval=3"],
-    "openvino-deep-cache-gi": ["engine.backend=openvino", "deep_cache.interval=3", "guidance_interval=[0.2,0.8]"],
-    "openvino-int8-deep-cache-gi": ["engine.backend=openvino", "engine.quantize=int8", "deep_cache.interval=3"],
+    "deep-cache": [DC],
+    "ddim-20": ["scheduler=ddim", "steps=20", FULL],
+    "default-gi": [GI],
+    "openvino": [OV],
+    "openvino-gi": [OV, GI],
+    "openvino-int8": [OV, INT8],
+    "openvino-deep-cache": [OV, DC],
+    "openvino-deep-cache-gi": [OV, DC, GI],
+    "openvino-int8-deep-cache-gi": [OV, INT8, DC, GI],  # the fastest opt-in path
 }
-VARIANTS["openvino-int8-deep-cache-gi"].append("guidance_interval=[0.2,0.8]")  # the fastest opt-in path
 
 
 def calibration_overrides(overrides: list[str]) -> list[str]:
     """int8 calibrates on the world's own captions (training templates, never the held-out ones), not the
     default SD prompts: its activation ranges should come from the trajectories it will run."""
-    if "engine.quantize=int8" not in overrides:
+    if INT8 not in overrides:
         return []
     from ldm.world.scenes import all_combinations
     from ldm.world.vocab import BASE

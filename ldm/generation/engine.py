@@ -22,7 +22,6 @@ import torch
 
 from ldm.errors import ConfigError, expect
 from ldm.generation import fast
-from ldm.generation.fast import DeepCache
 from ldm.hardware import cpu_has_native_bf16
 
 log = logging.getLogger(__name__)
@@ -70,7 +69,7 @@ def install_engine(model: Any, cfg: Any, device: torch.device) -> str:
     if device.type != "cpu":
         reason = f"device={device} (OpenVINO runs the CPU here)"
     elif int(cfg.deep_cache.interval) > 1:  # a bad branch is an error, not a reason to fall back
-        DeepCache.check_supported(model.unet, int(cfg.deep_cache.branch))
+        fast.DeepCache.check_supported(model.unet, int(cfg.deep_cache.branch))
     if reason is None:
         try:
             build_openvino(model, cfg)

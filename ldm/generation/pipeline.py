@@ -130,17 +130,16 @@ def generate(
     model.eval()
     try:
         with autocast():  # both sides of guidance under the U-Net's autocast, so they share one precision
-            conditioning = [
-                (positive := encode_prompts(model, [prompt for prompt, _ in batch]),  # (B, 77, D)
-                 encode_prompts(model, [settings.negative_prompt]).expand_as(positive))  # (B, 77, D)
-                for batch in batches
-            ]  # fmt: skip
+            positives = [encode_prompts(model, [prompt for prompt, _ in batch]) for batch in batches]  # (B, 77, D)
+            negative = encode_prompts(model, [settings.negative_prompt])  # (1, 77, D), once for every batch
         if release_models:
             release(model, "text_encoder")
         pipe = build_pipeline(model, settings.scheduler)
         pipe.set_progress_bar_config(disable=not progress)
-        latents = [denoise(pipe, model, settings, batch, *sides, height, width, on_step)
-                   for batch, sides in zip(batches, conditioning, strict=True)]  # fmt: skip
+        latents = [
+            denoise(pipe, model, settings, batch, positive, negative.expand_as(positive), height, width, on_step)
+            for batch, positive in zip(batches, positives, strict=True)
+        ]
         processor = pipe.image_processor
         del pipe
         if release_models:
@@ -159,7 +158,6 @@ def generate(
     return images
 
 
-@torch.no_grad()
 def denoise(
     pipe: StableDiffusionPipeline,
     model: TextEncoderFineTuner,

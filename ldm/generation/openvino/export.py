@@ -15,13 +15,13 @@ from typing import Any
 
 import torch
 
+from ldm.generation.fast import DeepCache, FastSamplingError, feature_channels, feature_hook, shallow_forward
+
 UNET_FILE, VAE_FILE, SHALLOW_FILE = "unet.xml", "vae_decoder.xml", "unet_shallow.xml"
 
 
 def deep_cache_branches(unet: Any) -> range:
     """The DeepCache branches this U-Net supports (0 to the first down block's layers), empty if none."""
-    from ldm.generation.fast import DeepCache, FastSamplingError
-
     try:
         DeepCache.check_supported(unet, 0)
     except FastSamplingError:
@@ -42,8 +42,6 @@ class _UNetCall(torch.nn.Module):
         self.unet = unet
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor):
-        from ldm.generation.fast import feature_hook
-
         kept: dict[int, torch.Tensor] = {}
         branches = deep_cache_branches(self.unet)
         hooks = [feature_hook(self.unet, b, lambda f, b=b: kept.__setitem__(b, f)) for b in branches]
@@ -65,8 +63,6 @@ class _ShallowCall(torch.nn.Module):
     def forward(
         self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor, feature: torch.Tensor
     ) -> torch.Tensor:
-        from ldm.generation.fast import shallow_forward
-
         return shallow_forward(self.unet, self.branch, sample, timestep, encoder_hidden_states, feature)
 
 
@@ -99,8 +95,6 @@ def convert_shallow_unet(unet: Any, branch: int, tokens: int = 77) -> Any:
     """DeepCache's shallow graph for `branch`: inputs sample, timestep, context as `convert_unet`'s, and the
     kept feature (B, F, h, w), output 1 + branch of the full graph. A few percent of the U-Net's weights."""
     import openvino as ov
-
-    from ldm.generation.fast import feature_channels
 
     c, d, side = unet.config.in_channels, unet.config.cross_attention_dim, unet.config.sample_size
     f = feature_channels(unet, branch)
