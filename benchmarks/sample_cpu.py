@@ -14,12 +14,12 @@ to .cache/sd15-random; the cost does not depend on the weight values). Each vari
 process, so its peak RSS (load included) is its own:
   baseline     StableDiffusionPipeline.from_pretrained + enable_attention_slicing(), PNDM 50 steps, fp32
   ours         sample.py's defaults (conf/sampling/default.yaml) through load_for_inference + generate:
-               engine.backend=torch, bf16 autocast where the CPU has a bf16 unit, fp32 elsewhere, and the
-               guidance interval [0.2, 0.8] (9 of 15 steps guided; unguided steps run one batch-1 pass)
+               engine.backend=auto (OpenVINO at bf16 where the CPU has a bf16 unit, torch fp32 elsewhere)
+               and the guidance interval [0.2, 0.8] (9 of 15 steps guided; unguided steps run one batch-1 pass)
   ours-full    ours with every step guided (guidance_interval=[0.0,1.0], diffusers' plain CFG); every
                variant below without -gi guides every step too
-  torch-fp32   ours-full with dtype=fp32, the reference of the latents' error (skipped when ours-full is fp32)
-  torch        ours-full with engine.backend=torch given explicitly (the same run while torch is the default)
+  torch-fp32   torch with dtype=fp32, the reference of the latents' error (skipped when torch is fp32)
+  torch        ours-full with engine.backend=torch (bf16 autocast where the CPU has a bf16 unit, else fp32)
   openvino     ours-full with engine.backend=openvino: the OpenVINO engine at the CPU's precision
   openvino-int8  openvino + engine.quantize=int8 (calibrated on the benchmark prompt's own trajectory)
   *-gi         the same + guidance_interval=[0.2, 0.8]
@@ -102,14 +102,14 @@ VARIANTS = {  # ours: sample.py's defaults as they are (the guidance interval [0
 }
 # the variant a row takes the step kinds it did not measure warm from: the same run without the interval
 SIBLINGS = {"ours": "ours-full", **{v: v.removesuffix("-gi") for v in VARIANTS if v.endswith("-gi")}}
-QUICK = ["baseline", "ours", "ours-full", "torch-fp32", "deep-cache", "openvino", "openvino-gi", "openvino-int8",
-         "openvino-int8-gi", "openvino-deep-cache", "openvino-deep-cache-gi", "openvino-int8-deep-cache",
-         "openvino-int8-deep-cache-gi"]  # fmt: skip
+QUICK = ["baseline", "ours", "ours-full", "torch", "torch-gi", "torch-fp32", "deep-cache", "openvino", "openvino-gi",
+         "openvino-int8", "openvino-int8-gi", "openvino-deep-cache", "openvino-deep-cache-gi",
+         "openvino-int8-deep-cache", "openvino-int8-deep-cache-gi"]  # fmt: skip
 MODES = {  # measured steps per variant (None: all), variants run
     "smoke": (2, ["baseline", "torch", "ours", "ours-full", "deep-cache"]),
     "quick": (2, QUICK),
-    "default": (4, [*QUICK, "torch-gi", "deep-cache-fp32", "slicing", "chan-last", "vae-tiled"]),
-    "full": (None, [*QUICK, "torch-gi", "deep-cache-fp32", "slicing", "chan-last"]),
+    "default": (4, [*QUICK, "deep-cache-fp32", "slicing", "chan-last", "vae-tiled"]),
+    "full": (None, [*QUICK, "deep-cache-fp32", "slicing", "chan-last"]),
 }
 
 
@@ -345,7 +345,7 @@ def fill_missing_kinds(results: dict[str, dict[str, Any]]) -> None:
 
 def relative_errors(results: dict[str, dict[str, Any]], latents: dict[str, Path]) -> None:
     """L2 error of each variant's latents after the measured steps, relative to torch fp32's."""
-    torch_fp32 = ("torch-fp32", "torch", "ours-full")  # every step guided; ours-full is torch at `dtype: auto`
+    torch_fp32 = ("torch-fp32", "torch")  # every step guided; torch is fp32 at `dtype: auto` without a bf16 unit
     reference = next((v for v in torch_fp32 if results.get(v, {}).get("precision") == "fp32"), None)
     if reference is None or reference not in latents:
         return
@@ -435,7 +435,7 @@ def main() -> None:
     latents: dict[str, Path] = {}
     failed: dict[str, str] = {}
     for variant in variants:
-        twin = "ours-full" if variant == "torch-fp32" else variant.removesuffix("-fp32")
+        twin = "torch" if variant == "torch-fp32" else variant.removesuffix("-fp32")
         if variant.endswith("-fp32") and results.get(twin, {}).get("precision") == "fp32":
             continue  # `dtype: auto` already picked fp32 on this CPU: the same run twice
         worker = [__file__, "--worker", variant, "--model", model, "--height", str(height)]

@@ -39,6 +39,16 @@ def _text_tower_kwargs(source: str) -> dict[str, Any]:
     return {"text_encoder": {}, "tokenizer": {}}
 
 
+def load_frozen_parts(pretrained: str, *, revision: str | None = None, variant: str | None = None) -> dict[str, Any]:
+    """The base's VAE and U-Net, the parts fine-tuning leaves as they are (also reloaded on their own when
+    the OpenVINO engine, which replaced them, fails to compile: `ldm.generation.engine`)."""
+    common = {"revision": revision, "variant": variant}
+    return {
+        "vae": AutoencoderKL.from_pretrained(pretrained, subfolder="vae", **common),
+        "unet": UNet2DConditionModel.from_pretrained(pretrained, subfolder="unet", **common),
+    }
+
+
 def load_components(
     pretrained: str,
     *,
@@ -56,8 +66,7 @@ def load_components(
     """
     common = {"revision": revision}
     components: dict[str, Any] = {
-        "vae": AutoencoderKL.from_pretrained(pretrained, subfolder="vae", variant=variant, **common),
-        "unet": UNet2DConditionModel.from_pretrained(pretrained, subfolder="unet", variant=variant, **common),
+        **load_frozen_parts(pretrained, revision=revision, variant=variant),
         "scheduler": DDPMScheduler.from_pretrained(pretrained, subfolder="scheduler", **common),
     }
     if text_encoder is None:

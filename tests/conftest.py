@@ -25,6 +25,9 @@ from omegaconf import DictConfig
 from ldm.config import register_resolvers
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# engine.backend's default (auto) is OpenVINO on a CPU with a bf16 unit and torch elsewhere: the suite pins
+# torch so that its images do not depend on the CPU; tests/test_engine.py asks for each engine by name.
+os.environ["LDM_ENGINE"] = "torch"
 # One torch thread for the suite and its subprocesses. Why: tiny models gain nothing from a second thread,
 # and on 2 shared cores 2 OpenMP threads beside another busy process ran 100x slower (spin-waiting).
 os.environ["OMP_NUM_THREADS"] = "1"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ import pytest
 import torch
 
 from ldm.errors import ConfigError, SamplingError
+from ldm.generation import engine as engine_module
 from ldm.generation.engine import EngineError
 from ldm.generation.fast import FastSamplingError
 from ldm.generation.loading import load_for_inference
@@ -24,6 +26,7 @@ from ldm.generation.openvino.runtime import OpenVINOUNet
 from ldm.generation.pipeline import generate
 from ldm.generation.progress import step_callback
 from ldm.generation.settings import SampleSettings
+from ldm.training.module import TextEncoderFineTuner
 from tests.conftest import compose_config
 
 pytest.importorskip("openvino")
@@ -124,7 +127,27 @@ def test_a_corrupt_entry_is_rebuilt_and_logged(ov_model, cache_dir, engine_cache
     assert render(model, cfg)[0].shape == (64, 64, 3)
 
 
-def test_auto_falls_back_to_torch_when_openvino_is_missing(cache_dir, engine_cache, monkeypatch) -> None:
+@pytest.fixture
+def auto_tries_openvino(monkeypatch) -> None:
+    """`auto` as on a CPU with a bf16 unit (these tests run at fp32, where `auto` keeps torch)."""
+    monkeypatch.setattr(engine_module, "auto_picks_openvino", lambda device, precision: True)
+
+
+def test_auto_is_the_default_and_tries_openvino_on_a_cpu_at_bf16_only(cache_dir, engine_cache, monkeypatch) -> None:
+    monkeypatch.delenv("LDM_ENGINE")  # the suite pins torch (tests/conftest.py); users get the config's default
+    assert compose_config("sample", []).engine.backend == "auto"
+    tried: list[str] = []
+    monkeypatch.setattr(engine_module, "build_openvino", lambda model, cfg: tried.append(cfg.dtype))
+    for native_bf16, dtype in [(False, "auto"), (True, "fp32"), (True, "auto"), (True, "bf16"), (False, "bf16")]:
+        monkeypatch.setattr(engine_module, "cpu_has_native_bf16", lambda native_bf16=native_bf16: native_bf16)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # keeping torch where OpenVINO does not pay is a choice, not a fallback
+            load(cache_dir, engine_cache, "engine.backend=auto", f"dtype={dtype}")
+    assert tried == ["auto", "bf16", "bf16"]
+    assert not engine_module.auto_picks_openvino(torch.device("cuda"), "bf16")
+
+
+def test_auto_falls_back_to_torch_when_openvino_is_missing(cache_dir, engine_cache, monkeypatch, auto_tries_openvino):
     monkeypatch.setitem(sys.modules, "openvino", None)  # `import openvino` now raises ImportError
     with pytest.warns(UserWarning, match=r"engine.backend=auto: using torch, because OpenVINO is not installed"):
         model, _ = load(cache_dir, engine_cache, "engine.backend=auto")
@@ -133,16 +156,32 @@ def test_auto_falls_back_to_torch_when_openvino_is_missing(cache_dir, engine_cac
         load(cache_dir, engine_cache, "engine.backend=openvino")
 
 
-def test_auto_falls_back_to_torch_when_compiling_fails(ov_model, cache_dir, engine_cache, monkeypatch) -> None:
+def test_auto_falls_back_to_torch_when_compiling_fails(
+    ov_model, cache_dir, engine_cache, monkeypatch, auto_tries_openvino
+) -> None:
     import openvino as ov
 
     def fail(*args, **kwargs):
         raise RuntimeError("Exception from src/plugins/intel_cpu: simulated compile failure")
 
+    reloaded: list[list[str]] = []
+    reload = TextEncoderFineTuner.reload_base_parts
+
+    def spy(self, names):
+        reloaded.append(list(names))
+        assert self.unet is None and self.vae is None  # dropped before the engine compiled
+        reload(self, names)
+
     monkeypatch.setattr(ov.Core, "compile_model", fail)
+    monkeypatch.setattr(TextEncoderFineTuner, "reload_base_parts", spy)
     with pytest.warns(UserWarning, match="OpenVINO failed: Exception from src/plugins/intel_cpu: simulated"):
         model, cfg = load(cache_dir, engine_cache, "engine.backend=auto")
-    assert not isinstance(model.unet, OpenVINOUNet) and render(model, cfg)[1]["precision"] == "fp32"
+    assert reloaded == [["unet", "vae"]]
+    assert not isinstance(model.unet, OpenVINOUNet) and not model.unet.training
+    assert not any(p.requires_grad for p in (*model.unet.parameters(), *model.vae.parameters()))
+    image, info = render(model, cfg)
+    reference, _ = render(load(cache_dir, engine_cache, "engine.backend=torch")[0], cfg)
+    assert info["precision"] == "fp32" and np.array_equal(image, reference)  # the base's own U-Net and VAE again
 
 
 def test_bad_values_are_clear_errors(cache_dir, engine_cache) -> None:

@@ -1,10 +1,11 @@
 """`engine: auto | torch | openvino`: which runtime runs the frozen U-Net and VAE decoder.
 
-Why a choice, and torch by default: OpenVINO ran the base's U-Net 1.2-3.3x faster than torch fp32 on a Zen 4
-with a bf16 unit, and an image 1.0-1.2x faster on an AVX2-only EPYC, but at 9-12 GiB peak RSS against
-torch's 4.2 GiB and after a one-off export of minutes (docs/engine.md). It is an optional dependency and its
-compiler can fail on some CPUs; `auto` uses it when it imports and compiles, else torch, with one warning
-that says why. The text encoder (the fine-tuned part, and its projection)
+Why a choice, and `auto` by default: on a Zen 4 with a bf16 unit OpenVINO ran the base's U-Net 1.2x faster
+than torch's bf16 autocast (int8: 2.0x), at 4.4 GiB peak RSS against torch's 4.0; on an AVX2-only EPYC, at
+f32, it rendered an image only 1.0-1.2x faster than torch, at 2-3x the memory (docs/engine.md). So `auto`
+tries OpenVINO on a CPU at bf16 only (`auto_picks_openvino`). It is an optional dependency and its compiler
+can fail on some CPUs: there `auto` uses torch, with one warning that says why. The text encoder (the
+fine-tuned part, and its projection)
 always stays in torch, so every checkpoint of a base shares one converted U-Net and VAE.
 """
 
@@ -58,12 +59,26 @@ def engine_properties(precision: str, threads: int) -> dict[str, Any]:
     return {"INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
 
 
+def auto_picks_openvino(device: torch.device, precision: str) -> bool:
+    """Where `engine.backend=auto` tries OpenVINO: the CPU, at bf16 (a CPU with a bf16 unit, dtype auto or bf16).
+
+    Why not everywhere it imports: at bf16 on a Zen 4 the engine's U-Net call was 1.2x faster than torch's
+    bf16 autocast (int8 2.0x), which takes `sample.py`'s default past 10x the baseline; at f32 (an AVX2 CPU,
+    or dtype=fp32) it rendered an image 1.0-1.2x faster than torch at 2-3x the memory after a one-off export
+    of minutes (docs/engine.md). A GPU runs torch fp16.
+    """
+    return device.type == "cpu" and precision == "bf16"
+
+
 def install_engine(model: Any, cfg: Any, device: torch.device) -> str:
     """Swap `model.unet` / `model.vae` for compiled OpenVINO models when the config asks; return the engine used."""
     engine = cfg.engine
     check_engine_config(engine)
     backend = engine.backend
     if backend == "torch":
+        return "torch"
+    if backend == "auto" and not auto_picks_openvino(device, engine_precision(cfg.dtype)):
+        log.info("engine.backend=auto: torch (OpenVINO pays on a CPU at bf16 only: docs/engine.md)")
         return "torch"
     reason = None
     if device.type != "cpu":
@@ -126,36 +141,59 @@ def build_openvino(model: Any, cfg: Any) -> None:
         folder, _ = cache.ensure_entry(
             root / cache.entry_key(version, precision, "int8"), expected("int8"), build_int8, "int8 U-Net and VAE"
         )
-    label = f"openvino-{precision}" + (f"-{quantize}" if quantize else "")
-    unet = CompiledByShape(core, core.read_model(str(folder / export.UNET_FILE)), properties, "U-Net")
-    vae = CompiledByShape(core, core.read_model(str(folder / export.VAE_FILE)), properties, "VAE decoder")
-    unet_config, vae_config = model.unet.config, model.vae.config
-    inputs = ((2, unet_config.in_channels, side, side), (1,), (2, tokens, unet_config.cross_attention_dim))
-    # compiled now, not at the first step: `auto` falls back to torch on a compile error, and the cached
-    # blobs make this the few seconds a second run takes; one copy serves batch 2 (guided) and 1 (unguided)
-    unet.compile(inputs)
-    vae.compile(((1, vae_config.latent_channels, side, side),))
-    shallow = {}
-    if int(cfg.deep_cache.interval) > 1:
+    shallow_folders, features = {}, {}
+    if int(cfg.deep_cache.interval) > 1:  # exported from the torch U-Net, so before it is dropped
         branch = int(cfg.deep_cache.branch)
-        shallow[branch] = shallow_graph(model, core, root, expected(None), properties, branch, tokens)
-        shallow[branch].compile((*inputs, (2, fast.feature_channels(model.unet, branch), side, side)))
-    model.unet = OpenVINOUNet(unet, unet_config, label, shallow)  # the torch modules are dropped: memory freed
+        shallow_folders[branch] = shallow_entry(model, root, expected(None), branch, tokens)
+        features[branch] = fast.feature_channels(model.unet, branch)
+    unet_config, vae_config = model.unet.config, model.vae.config
+    dropped = drop_base_parts(model)
+    try:
+        unet = CompiledByShape(core, folder / export.UNET_FILE, properties, "U-Net")
+        vae = CompiledByShape(core, folder / export.VAE_FILE, properties, "VAE decoder")
+        inputs = ((2, unet_config.in_channels, side, side), (1,), (2, tokens, unet_config.cross_attention_dim))
+        # compiled now, not at the first step: `auto` falls back to torch on a compile error, and the cached
+        # blobs make this the few seconds a second run takes; one copy serves batch 2 (guided) and 1 (unguided)
+        unet.compile(inputs)
+        vae.compile(((1, vae_config.latent_channels, side, side),))
+        shallow = {}
+        for branch, shallow_folder in shallow_folders.items():
+            shallow[branch] = CompiledByShape(core, shallow_folder / export.SHALLOW_FILE, properties, "shallow U-Net")
+            shallow[branch].compile((*inputs, (2, features[branch], side, side)))
+    except Exception:
+        if dropped:
+            model.reload_base_parts(dropped)  # `auto` goes on with torch
+        raise
+    label = f"openvino-{precision}" + (f"-{quantize}" if quantize else "")
+    model.unet = OpenVINOUNet(unet, unet_config, label, shallow)
     model.vae = OpenVINOVAE(vae, vae_config, label)
     gc.collect()
 
 
-def shallow_graph(
-    model: Any, core: Any, root: Path, expected: dict[str, Any], properties: dict, branch: int, tokens: int
-) -> Any:
-    """DeepCache's shallow U-Net graph of `branch`, from its own cache entry (built once, in seconds).
+def drop_base_parts(model: Any) -> list[str]:
+    """Free the torch U-Net and VAE before the engine compiles; return the names dropped.
+
+    Why before: their weights (3.7 GB for SD1.5, resident once the fingerprint has read them) would sit
+    beside the engine's compiled copy at the peak. Only the base's own parts are dropped, the ones
+    `reload_base_parts` can load again; a fine-tuned U-Net or VAE stays until the engine has compiled.
+    """
+    names = [n for n in ("unet", "vae") if n in getattr(model, "frozen_names", ())]
+    if hasattr(model, "reload_base_parts"):
+        for name in names:
+            setattr(model, name, None)
+        gc.collect()
+        return names
+    return []
+
+
+def shallow_entry(model: Any, root: Path, expected: dict[str, Any], branch: int, tokens: int) -> Path:
+    """The cache entry of DeepCache's shallow U-Net graph of `branch` (built once, in seconds).
 
     It stays float under `engine.quantize=int8` too: it holds a few percent of the U-Net's weights.
     """
     import openvino as ov
 
     from ldm.generation.openvino import cache, export
-    from ldm.generation.openvino.runtime import CompiledByShape
 
     precision = expected["precision"]
 
@@ -166,7 +204,7 @@ def shallow_graph(
     key = cache.entry_key(ov.get_version(), precision, None, f"shallow{branch}")
     what = f"DeepCache shallow U-Net (branch {branch})"
     folder, _ = cache.ensure_entry(root / key, {**expected, "branch": branch}, build, what)
-    return CompiledByShape(core, core.read_model(str(folder / export.SHALLOW_FILE)), properties, "shallow U-Net")
+    return folder
 
 
 def calibration_samples(
@@ -183,8 +221,8 @@ def calibration_samples(
     from ldm.generation.settings import SampleSettings
 
     samples: list[tuple[np.ndarray, ...]] = []
-    run = CompiledByShape(core, core.read_model(str(folder / export.UNET_FILE)), properties, "U-Net")
-    decode = CompiledByShape(core, core.read_model(str(folder / export.VAE_FILE)), properties, "VAE decoder")
+    run = CompiledByShape(core, folder / export.UNET_FILE, properties, "U-Net")
+    decode = CompiledByShape(core, folder / export.VAE_FILE, properties, "VAE decoder")
 
     def record(*arrays: np.ndarray) -> np.ndarray:
         samples.append(tuple(np.array(a, copy=True) for a in arrays))

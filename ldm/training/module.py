@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from torch import nn
 
-from ldm.components import check_trainable, load_components
+from ldm.components import check_trainable, load_components, load_frozen_parts
 from ldm.errors import UserError, require
 from ldm.training.adapters import apply_adapter, normalize_adapter
 from ldm.training.faults import NonFiniteLossGuard
@@ -212,6 +212,19 @@ class TextEncoderFineTuner(L.LightningModule):
         if self.adapter is not None:
             keep = [k for k in keep if not k.startswith("text_encoder.") or k in self.adapter_keys]
         return {k: state[k] for k in keep}
+
+    def reload_base_parts(self, names: Iterable[str]) -> None:
+        """Load frozen parts (`unet`, `vae`) again from the base, frozen and in eval mode.
+
+        Why: the OpenVINO engine drops the torch U-Net and VAE before it compiles its own (their 3.7 GB would
+        sit beside the engine's copy at the peak); when compiling fails, `engine.backend=auto` needs them back.
+        """
+        names = list(names)
+        require(all(n in self.frozen_names for n in names), f"only frozen parts can be reloaded, not {names}")
+        hp = self.hparams
+        parts = load_frozen_parts(hp.pretrained, revision=hp.revision, variant=hp.variant)
+        for name in names:
+            setattr(self, name, parts[name].requires_grad_(False).eval())
 
     def checkpoint_signature(self) -> dict[str, Any]:
         """What a checkpoint must agree with to be loaded onto this model."""
