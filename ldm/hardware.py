@@ -6,11 +6,15 @@ emulated, 17-374x slower, on CPUs without one (docs/design.md has the figures, t
 
 from __future__ import annotations
 
+import os
 import platform
 from pathlib import Path
 
+from ldm.errors import ConfigError
+
 _BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 CPUINFO = Path("/proc/cpuinfo")
+BF16_OVERRIDE = "LDM_CPU_BF16"
 
 
 def _cpuinfo_field(text: str, name: str) -> str:
@@ -26,7 +30,17 @@ def cpu_flags(cpuinfo: Path = CPUINFO) -> list[str]:
 
 
 def cpu_has_native_bf16(cpuinfo: Path = CPUINFO) -> bool:
-    """True when the CPU advertises a bf16 unit (AVX512-BF16 or AMX-BF16)."""
+    """True when the CPU advertises a bf16 unit (AVX512-BF16 or AMX-BF16).
+
+    `LDM_CPU_BF16=0` (or `1`) overrides what this machine's /proc/cpuinfo says. Why: every choice that
+    follows the CPU (bf16 autocast, `16-mixed` training, the OpenVINO engine) then behaves the same on any
+    machine; the test suite sets 0, so its results do not depend on the CPU it runs on.
+    """
+    override = os.environ.get(BF16_OVERRIDE)
+    if override is not None and cpuinfo == CPUINFO:
+        if override not in ("0", "1"):
+            raise ConfigError(f"{BF16_OVERRIDE}={override!r}: expected 0 (no bf16 unit) or 1 (a bf16 unit), or unset")
+        return override == "1"
     flags = cpu_flags(cpuinfo)
     return any(flag in flags for flag in _BF16_CPU_FLAGS)
 

@@ -145,6 +145,9 @@ def test_auto_is_the_default_and_tries_openvino_on_a_cpu_at_bf16_only(cache_dir,
             load(cache_dir, engine_cache, "engine.backend=auto", f"dtype={dtype}")
     assert tried == ["auto", "bf16", "bf16"]
     assert not engine_module.auto_picks_openvino(torch.device("cuda"), "bf16")
+    monkeypatch.setenv("LDM_ENGINE", "fast")
+    with pytest.raises(ConfigError, match=r"engine.backend='fast': expected auto \| torch \| openvino .*LDM_ENGINE"):
+        engine_module.check_engine_config(compose_config("sample", []).engine)
 
 
 def test_auto_falls_back_to_torch_when_openvino_is_missing(cache_dir, engine_cache, monkeypatch, auto_tries_openvino):

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from ldm.errors import ConfigError
 from ldm.hardware import cpu_has_native_bf16
 from ldm.training.precision import frozen_weight_dtype, resolve_precision
 
@@ -34,6 +35,18 @@ def test_cpuinfo_flags(tmp_path) -> None:
     info.write_text("processor\t: 0\nflags\t\t: fpu avx2 amx_bf16 avx512_bf16\n")
     assert cpu_has_native_bf16(info)
     assert not cpu_has_native_bf16(tmp_path / "missing")
+
+
+def test_the_override_pins_this_machines_answer_and_is_checked(monkeypatch) -> None:
+    monkeypatch.setenv("LDM_CPU_BF16", "1")
+    with pytest.warns(UserWarning, match="native bf16 unit"):
+        assert cpu_has_native_bf16() and resolve_precision("16-mixed", "cpu") == "bf16-mixed"
+    monkeypatch.setenv("LDM_CPU_BF16", "0")
+    with pytest.warns(UserWarning, match="no bf16 unit"):
+        assert not cpu_has_native_bf16() and resolve_precision("16-mixed", "cpu") == "32-true"
+    monkeypatch.setenv("LDM_CPU_BF16", "yes")
+    with pytest.raises(ConfigError, match=r"LDM_CPU_BF16='yes': expected 0 \(no bf16 unit\) or 1"):
+        cpu_has_native_bf16()
 
 
 def test_frozen_dtype() -> None:

@@ -36,7 +36,8 @@ class EngineError(ConfigError):
 
 def check_engine_config(engine: Any) -> None:
     """Raise `ConfigError` for bad `engine.*` values (before any model loads)."""
-    expect(engine.get("backend") in ENGINES, "engine.backend", engine.get("backend"), " | ".join(ENGINES))
+    backend = engine.get("backend")
+    expect(backend in ENGINES, "engine.backend", backend, " | ".join(ENGINES) + " (its default comes from LDM_ENGINE)")
     expect(engine.get("quantize") in QUANTIZE, "engine.quantize", engine.get("quantize"), "null | int8")
     prompts = engine.get("calibration_prompts")
     expect(
