@@ -28,14 +28,17 @@ REDUCED_WORLD = [  # every stage
     "++trainer.enable_progress_bar=false",
 ]
 REDUCED_STAGES = {
-    "shapes_vae": ["trainer.max_steps=150", "trainer.val_check_interval=150"],
+    # 300 VAE steps, not 150: at 150, on a Zen 4 (AVX-512 kernels), the judge read colour at 48% on the VAE's
+    # reconstructions, below the 50% it must reach (it passed on the AVX2 EPYC); the test stopped at the judge
+    "shapes_vae": ["trainer.max_steps=300", "trainer.val_check_interval=300"],
     "shapes_base": ["trainer.max_steps=150", "trainer.val_check_interval=150", "optimizer.lr=2e-3"],
     # at 16 px the judge reads shape less well than at 32: its export check is lowered, not skipped
     "shapes_judge": ["trainer.max_steps=150", "trainer.val_check_interval=150", "callbacks.export.min_accuracy=0.5"],
     "shapes": ["trainer.max_epochs=6", "callbacks.adherence.steps=10", "callbacks.adherence.grid_prompts=4"],
 }
 # New-prompt mean adherence the mission must gain. Measured (2026-12-01, AMD EPYC with AVX2, 2 threads, 120 s):
-# 18.3% [13, 26] -> 37.2% [29, 46], a gain of 18.9 points. With the U-Net's conditioning detached from the
+# 18.3% [13, 26] -> 37.2% [29, 46], a gain of 18.9 points; with 300 VAE steps on a Zen 4 (2026-12-02, 142 s):
+# 18.3% [12, 26] -> 38.1% [30, 47], 19.8 points. With the U-Net's conditioning detached from the
 # text encoder the images, and so the score, stay exactly where they started (a gain of 0).
 MIN_RISE = 0.10
 # Two torch threads, also beside other `make test` workers (tests/conftest.py makes OpenMP's waiting threads
