@@ -326,6 +326,9 @@ def test_cost_bound_and_time_estimates_come_from_measured_steps(model, app_cfg, 
         wait_for(lambda: get_json(f"{server.url}/healthz")["seconds_per_step_512"])  # the start-up calibration
         hook.delay = 1.0  # the measured speed of this job: 1 s a step
         slow_job = submit(server, steps=2)
+        # once a 1 s step is measured, the job ahead has about 1 s left; before it, the ETA of a 64 px job
+        # comes from the start-up rate and can round to 0.0 s on a fast CPU (seen on a Zen 4)
+        wait_for(lambda: get_json(f"{server.url}/jobs/{slow_job}")["step"] >= 1, every=0.005)
         waiting = get_json(f"{server.url}/jobs/{submit(server, steps=2)}")
         assert waiting["state"] == "queued" and waiting["eta_s"] is not None and waiting["eta_s"] > 0
         fetch(f"{server.url}/jobs/{waiting['id']}", method="DELETE")
