@@ -6,6 +6,7 @@ corrupt-entry case rebuilds for real. Images are compared with the torch fp32 pa
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import sys
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from ldm.errors import ConfigError, SamplingError
 from ldm.generation import engine as engine_module
@@ -23,6 +25,7 @@ from ldm.generation.fast import FastSamplingError
 from ldm.generation.loading import load_for_inference
 from ldm.generation.openvino import cache
 from ldm.generation.openvino.runtime import OpenVINOUNet
+from ldm.generation.output import png_bytes
 from ldm.generation.pipeline import generate
 from ldm.generation.progress import step_callback
 from ldm.generation.settings import SampleSettings
@@ -270,6 +273,14 @@ def test_guidance_interval_keeps_its_embeddings_under_a_progress_callback(cache_
     (watched,) = generate(model, chosen, on_step=step_callback(lambda step, total, latents: steps.append(step)))
     (plain,) = generate(model, chosen)
     assert steps == [1, 2, 3, 4] and watched.tobytes() == plain.tobytes()
+
+
+def test_the_saved_png_records_the_guidance_interval(cache_dir, engine_cache) -> None:
+    model, cfg = load(cache_dir, engine_cache, "engine.backend=torch")
+    base = SampleSettings.from_config(cfg, (PROMPT,))  # the default interval, [0.2, 0.8]
+    for interval, recorded in [(base.guidance_interval, "[0.2, 0.8]"), (FULL, None)]:
+        (image,) = generate(model, SampleSettings(**{**base.__dict__, "steps": 2, "guidance_interval": interval}))
+        assert Image.open(io.BytesIO(png_bytes(image))).info.get("guidance_interval") == recorded
 
 
 def test_guidance_interval_is_checked() -> None:

@@ -127,6 +127,7 @@ def test_files_are_named_by_prompt_and_seed_with_metadata_and_a_grid(model, cfg,
         "model": str(cfg.model.pretrained),
         "precision": "fp32",
         "deep_cache": "off",
+        "guidance_interval": "[0.2, 0.8]",  # the default; every step guided ([0, 1]) records none
     }
     grid = Image.open(paths[-1])
     assert grid.size == (128, 128) and grid.text["seed"] == "3,4,3,4"

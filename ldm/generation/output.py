@@ -28,6 +28,7 @@ METADATA_KEYS = (
     "model",
     "precision",
     "deep_cache",
+    "guidance_interval",  # only where it is not [0, 1] (every step guided)
 )
 
 
