@@ -178,13 +178,11 @@ def drop_base_parts(model: Any) -> list[str]:
     beside the engine's compiled copy at the peak. Only the base's own parts are dropped, the ones
     `reload_base_parts` can load again; a fine-tuned U-Net or VAE stays until the engine has compiled.
     """
-    names = [n for n in ("unet", "vae") if n in getattr(model, "frozen_names", ())]
-    if hasattr(model, "reload_base_parts"):
-        for name in names:
-            setattr(model, name, None)
-        gc.collect()
-        return names
-    return []
+    names = [n for n in ("unet", "vae") if n in model.frozen_names]
+    for name in names:
+        setattr(model, name, None)
+    gc.collect()
+    return names
 
 
 def shallow_entry(model: Any, root: Path, expected: dict[str, Any], branch: int, tokens: int) -> Path:

@@ -11,7 +11,6 @@ unguided ones, a generation with a guidance interval peaked at 17.7 GiB; with on
 
 from __future__ import annotations
 
-import gc
 import logging
 import time
 from pathlib import Path
@@ -58,8 +57,6 @@ class CompiledByShape:
             model = self.core.read_model(str(self.source)) if on_disk else self.source.clone()
             model.reshape({port: list(shape) for port, shape in zip(model.inputs, key, strict=True)})
             self.compiled[key] = self.core.compile_model(model, "CPU", self.properties)
-            del model
-            gc.collect()
             log.debug("compiled the OpenVINO %s for %s in %.1f s", self.name, key, time.perf_counter() - start)
         return self.compiled[key]
 
