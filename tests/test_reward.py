@@ -136,6 +136,7 @@ def test_a_reward_run_fits_and_its_checkpoint_holds_no_reward_model(cache_dir: P
     trainer, _ = train(cfg)
     assert trainer.global_step == 3 and "train/reward_step" in trainer.callback_metrics
     assert "train/diffusion_loss_step" in trainer.callback_metrics
+    assert trainer.callback_metrics["train/preservation_loss_step"] > 0  # preservation runs beside the reward
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["state_dict"] and all(k.startswith("text_encoder.") for k in ckpt["state_dict"])
 

@@ -55,6 +55,7 @@ class Flickr8kDataModule(L.LightningDataModule):
         generate: Mapping | None,
         cache_latents: bool,
         latent_cache_dir: str | Path,
+        preserve_prompts: str | list[str] | None = None,
     ) -> None:
         super().__init__()
         _check_config(layout, resolution, batch_size, num_workers, caption_dropout, val_fraction, max_length)
@@ -66,6 +67,7 @@ class Flickr8kDataModule(L.LightningDataModule):
             _check_latent_cache(center_crop, self.hub)
         self.cache_latents = cache_latents
         self.latent_cache_dir = Path(latent_cache_dir)
+        self.preserve_prompts = preserve_prompts  # read by conf/preservation (ldm/training/preservation.py)
         self.generate = _generate_config(generate, layout)
         self.collate = CaptionCollator(tokenizer, max_length)
         self.splits: dict[str, CaptionDataset | HubStream] = {}

@@ -46,7 +46,13 @@ class CacheLatents(L.Callback):
 
 
 class LearningCheck(L.Callback):
-    """Log grad norm and relative weight drift ‖θ−θ₀‖/‖θ₀‖; stop if weights haven't moved after N steps."""
+    """Log grad norm and relative weight drift ‖θ−θ₀‖/‖θ₀‖; stop if weights haven't moved after N steps.
+
+    With preservation on (conf/preservation/) a non-zero gradient proves nothing: once weight decay has moved
+    the weights, the pull back to the teacher makes one even when the task loss reaches no weight. So the
+    first step also measures the task loss's own gradient, and that must be non-zero too; the preserved
+    prompts' drift from the teacher (`train/preservation_drift`) is logged beside the weight drift.
+    """
 
     def __init__(self, check_after_steps: int) -> None:
         self.check_after_steps = check_after_steps
@@ -62,6 +68,9 @@ class LearningCheck(L.Callback):
         self._initial = {n: p.detach().clone() for n, p in self._trainable(pl_module).items()}
         self._start_step = trainer.global_step
         self._checked = False
+        self._task_gradient: float | None = None
+        if getattr(pl_module, "preservation", None) is not None:
+            pl_module.measure_task_gradient = True  # the module measures it on its next training step
 
     def on_before_optimizer_step(
         self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer
@@ -69,6 +78,10 @@ class LearningCheck(L.Callback):
         grads = [p.grad for p in self._trainable(pl_module).values() if p.grad is not None]
         norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
         self._saw_gradient |= bool(norm > 0)
+        if getattr(pl_module, "measure_task_gradient", False) and pl_module.task_gradient_norm is not None:
+            self._task_gradient = pl_module.task_gradient_norm
+            pl_module.measure_task_gradient = False
+            pl_module.log("train/task_grad_norm", self._task_gradient, on_step=True, on_epoch=False)
         pl_module.log("train/grad_norm", norm, on_step=True, on_epoch=False)
 
     def relative_drift(self, pl_module: L.LightningModule) -> float:
@@ -84,7 +97,16 @@ class LearningCheck(L.Callback):
             return
         drift = self.relative_drift(pl_module)
         pl_module.log("train/weight_drift", drift, on_step=True, on_epoch=False)
+        preservation = getattr(pl_module, "preservation", None)
+        if preservation is not None:
+            pl_module.log("train/preservation_drift", preservation.drift(pl_module), on_step=True, on_epoch=False)
         self._checked |= check_now
+        if check_now and self._task_gradient == 0.0:
+            raise RuntimeError(
+                f"learning check failed: the training loss gives the trainable weights no gradient (after {steps} "
+                "steps only preservation and weight decay moved them). Gradients are not reaching the trainable "
+                "parameters; check model.trainable and the conditioning's path into the U-Net."
+            )
         if check_now and (drift == 0.0 or not self._saw_gradient):
             raise RuntimeError(
                 f"learning check failed: after {steps} optimizer steps the trainable weights "

@@ -22,6 +22,7 @@ from ldm.errors import UserError, require
 from ldm.training.adapters import apply_adapter, normalize_adapter
 from ldm.training.faults import NonFiniteLossGuard
 from ldm.training.precision import frozen_weight_dtype
+from ldm.training.preservation import EmbeddingPreservation
 
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 
@@ -58,9 +59,10 @@ class TextEncoderFineTuner(L.LightningModule):
         lr_scheduler: Callable[..., Any] | None = None,
         adapter: dict[str, Any] | None = None,
         objective: nn.Module | None = None,
+        preservation: EmbeddingPreservation | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler", "objective"])
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler", "objective", "preservation"])
         trainable = check_trainable(trainable)
         if prediction_type is not None and prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"model.prediction_type={prediction_type!r}: expected null or one of {PREDICTION_TYPES}")
@@ -97,6 +99,13 @@ class TextEncoderFineTuner(L.LightningModule):
         self.__dict__["peft_model"] = None if self.adapter is None else apply_adapter(self.text_encoder, self.adapter)
         self.adapter_keys = {f"text_encoder.{n}" for n, p in self.text_encoder.named_parameters() if p.requires_grad}
         self.objective = objective  # None: the noise-prediction loss; else e.g. ldm.training.reward.RewardObjective
+        # kept out of the module tree: its cached teacher is not a weight, never in a checkpoint. It keeps the
+        # text encoder's outputs, so it has nothing to do when the text encoder does not train.
+        keep = preservation is not None and preservation.active and "text_encoder" in self.trainable_names
+        self.__dict__["preservation"] = preservation if keep else None
+        # the learning check sets this to ask the next step for the task loss's own gradient norm (below)
+        self.measure_task_gradient = False
+        self.task_gradient_norm: float | None = None
         self.train()
 
     def _build_projection(self, projection: bool) -> nn.Linear | None:
@@ -130,6 +139,8 @@ class TextEncoderFineTuner(L.LightningModule):
         dtype = frozen_weight_dtype(str(self.trainer.precision))
         for name in self.frozen_names:
             getattr(self, name).to(dtype=dtype)
+        if stage == "fit" and self.preservation is not None:
+            self.preservation.cache_teacher(self)  # before a checkpoint is restored: the run's own start
 
     # --- the shared step ----------------------------------------------------------------------------
     def encode_text(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -166,13 +177,31 @@ class TextEncoderFineTuner(L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
         """The loss, or None when it is NaN/inf: Lightning then skips backward, so the optimizer step finds
         no gradients and leaves weights and moments as they were (the batch still counts in global_step)."""
-        loss = self._common_step(batch) if self.objective is None else self.objective(self, batch)
+        task = self._common_step(batch) if self.objective is None else self.objective(self, batch)
+        loss = task
+        if self.preservation is not None:
+            keep = self.preservation.loss(self)
+            loss = task + self.preservation.weight * keep
+            self.log("train/preservation_loss", keep, on_step=True, on_epoch=True, batch_size=len(batch["input_ids"]))
+            if self.measure_task_gradient:
+                self.task_gradient_norm = self._gradient_norm(task)
         skip = self.nonfinite.should_skip(loss, self.trainer.strategy)
         self.log("train/nonfinite_steps", float(self.nonfinite.total), on_step=True, on_epoch=False)
         if skip:
             return None
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["input_ids"]))
+        # train/loss stays the objective's own loss, comparable with runs without preservation
+        self.log("train/loss", task, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["input_ids"]))
         return loss
+
+    def _gradient_norm(self, loss: torch.Tensor) -> float:
+        """‖∂loss/∂θ‖ over the trainable weights, for the learning check: with preservation on, weight decay
+        plus the pull back to the teacher make gradients even when the task loss reaches no weight."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        if not loss.requires_grad:
+            return 0.0
+        grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+        present = [g for g in grads if g is not None]
+        return float(torch.nn.utils.get_total_norm(present)) if present else 0.0
 
     def _seeded_generator(self, batch_idx: int) -> torch.Generator:
         """Same noise and timesteps for batch i every epoch, so validation losses compare."""

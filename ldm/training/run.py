@@ -32,6 +32,8 @@ def build_module(cfg: DictConfig) -> L.LightningModule:
     objective = instantiate_or_explain(cfg.objective) if cfg.get("objective") else None
     if objective is not None:  # objective=reward (ldm/training/reward.py); diffusion is the module's own loss
         factories["objective"] = objective
+    if cfg.get("preservation"):  # ldm/training/preservation.py; weight 0 switches it off
+        factories["preservation"] = instantiate_or_explain(cfg.preservation)
     return instantiate_or_explain(cfg.model, **factories)
 
 
