@@ -204,3 +204,14 @@ def test_a_variant_with_the_interval_takes_a_lone_cold_guided_step_from_its_sibl
     results["ours"].update(step_s={"full": 30.0, "full-cond": 5.0}, borrowed=[])
     fill_missing_kinds(results)
     assert results["ours"]["borrowed"] == [] and results["ours"]["step_s"]["full"] == 30.0
+
+
+def test_preservation_cost_smoke_times_both_variants_and_their_ratio(cache_dir: Path, tmp_path: Path) -> None:
+    result = run_benchmark("preservation_cost.py", cache_dir, "--steps", "2", "--out-dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    written = json.loads((tmp_path / "preservation_cost.json").read_text())
+    assert written["command"].startswith("python benchmarks/preservation_cost.py --smoke") and written["date"]
+    results = written["results"]
+    assert all(len(results["times_s"][k]) == 2 for k in ("off", "on"))
+    assert results["ratio"] == pytest.approx(results["median_s"]["on"] / results["median_s"]["off"])
+    assert "| off (preservation.weight=0) |" in result.stdout and "preservation adds" in result.stdout

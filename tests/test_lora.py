@@ -16,7 +16,7 @@ from ldm.generation.checkpoints import build_model
 from ldm.generation.pipeline import generate
 from ldm.generation.settings import SampleSettings
 from ldm.tiny import ensure_tiny_pretrained
-from ldm.training.module import CheckpointMismatchError
+from ldm.training.checkpoint_fit import CheckpointMismatchError
 from ldm.training.run import build_module, train
 from tests.conftest import compose_config, tiny_overrides
 

@@ -21,7 +21,7 @@ from ldm.generation.output import png_bytes, save_images
 from ldm.generation.pipeline import build_pipeline, encode_prompts, generate
 from ldm.generation.schedulers import SCHEDULERS, make_scheduler
 from ldm.generation.settings import Limits, SampleSettings, validate_settings
-from ldm.training.module import CheckpointMismatchError
+from ldm.training.checkpoint_fit import CheckpointMismatchError
 from tests.conftest import compose_config
 
 REPO = Path(__file__).resolve().parents[1]

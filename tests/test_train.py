@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from transformers import CLIPTextModel
 
-from ldm.training.module import CheckpointMismatchError, TextEncoderFineTuner, check_checkpoint_fits
+from ldm.training.checkpoint_fit import CheckpointMismatchError, check_checkpoint_fits
+from ldm.training.module import TextEncoderFineTuner
 from ldm.training.run import build_module, train
 from tests.conftest import compose_config, tiny_overrides
 

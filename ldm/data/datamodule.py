@@ -55,7 +55,7 @@ class Flickr8kDataModule(L.LightningDataModule):
         generate: Mapping | None,
         cache_latents: bool,
         latent_cache_dir: str | Path,
-        preserve_prompts: str | list[str] | None = None,
+        preserve_prompts: str | list[str] | None,
     ) -> None:
         super().__init__()
         _check_config(layout, resolution, batch_size, num_workers, caption_dropout, val_fraction, max_length)

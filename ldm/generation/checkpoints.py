@@ -22,8 +22,9 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import CLIPTextModel
 
 from ldm.errors import UserError
+from ldm.training.checkpoint_fit import check_checkpoint_fits
 from ldm.training.checkpoint_io import CheckpointLoadError, safe_torch_load
-from ldm.training.module import TextEncoderFineTuner, check_checkpoint_fits
+from ldm.training.module import TextEncoderFineTuner
 
 ACCEPTED_FORMS = (
     "a Lightning .ckpt written by train.py (e.g. outputs/DATE/TIME/checkpoints/last.ckpt), "

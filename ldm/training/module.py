@@ -18,26 +18,14 @@ from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from torch import nn
 
 from ldm.components import check_trainable, load_components, load_frozen_parts
-from ldm.errors import UserError, require
+from ldm.errors import require
 from ldm.training.adapters import apply_adapter, normalize_adapter
+from ldm.training.checkpoint_fit import check_checkpoint_fits
 from ldm.training.faults import NonFiniteLossGuard
 from ldm.training.precision import frozen_weight_dtype
-from ldm.training.preservation import EmbeddingPreservation
+from ldm.training.preservation import EmbeddingPreservation, gradient_norm
 
 PREDICTION_TYPES = ("epsilon", "v_prediction")
-
-
-class CheckpointMismatchError(UserError):
-    """A checkpoint was made for another base model or another trainable set."""
-
-
-def _same_source(a: str | None, b: str | None) -> bool:
-    """Hub ids compare as strings; local folders by their real path."""
-    if a is None or b is None:
-        return a == b
-    if os.path.isdir(a) and os.path.isdir(b):
-        return os.path.realpath(a) == os.path.realpath(b)
-    return a == b
 
 
 class TextEncoderFineTuner(L.LightningModule):
@@ -184,7 +172,7 @@ class TextEncoderFineTuner(L.LightningModule):
             loss = task + self.preservation.weight * keep
             self.log("train/preservation_loss", keep, on_step=True, on_epoch=True, batch_size=len(batch["input_ids"]))
             if self.measure_task_gradient:
-                self.task_gradient_norm = self._gradient_norm(task)
+                self.task_gradient_norm = gradient_norm(task, [p for p in self.parameters() if p.requires_grad])
         skip = self.nonfinite.should_skip(loss, self.trainer.strategy)
         self.log("train/nonfinite_steps", float(self.nonfinite.total), on_step=True, on_epoch=False)
         if skip:
@@ -192,16 +180,6 @@ class TextEncoderFineTuner(L.LightningModule):
         # train/loss stays the objective's own loss, comparable with runs without preservation
         self.log("train/loss", task, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["input_ids"]))
         return loss
-
-    def _gradient_norm(self, loss: torch.Tensor) -> float:
-        """‖∂loss/∂θ‖ over the trainable weights, for the learning check: with preservation on, weight decay
-        plus the pull back to the teacher make gradients even when the task loss reaches no weight."""
-        params = [p for p in self.parameters() if p.requires_grad]
-        if not loss.requires_grad:
-            return 0.0
-        grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-        present = [g for g in grads if g is not None]
-        return float(torch.nn.utils.get_total_norm(present)) if present else 0.0
 
     def _seeded_generator(self, batch_idx: int) -> torch.Generator:
         """Same noise and timesteps for batch i every epoch, so validation losses compare."""
@@ -280,39 +258,3 @@ class TextEncoderFineTuner(L.LightningModule):
         check_checkpoint_fits(checkpoint, self.checkpoint_signature(), self.trainable_state_dict())
         trainable = checkpoint["state_dict"]
         checkpoint["state_dict"] = {**self.state_dict(), **trainable}
-
-
-def check_checkpoint_fits(
-    checkpoint: dict[str, Any], expected: dict[str, Any], weights: dict[str, torch.Tensor]
-) -> None:
-    """Raise `CheckpointMismatchError` naming what differs between a checkpoint and the model."""
-    meta = checkpoint.get("ldm")
-    if meta is None:
-        raise CheckpointMismatchError(
-            "this checkpoint has no 'ldm' metadata: it was not written by this project's train.py"
-        )
-    if sorted(meta["trainable"]) != expected["trainable"]:
-        raise CheckpointMismatchError(
-            f"checkpoint trains {sorted(meta['trainable'])} but this model trains {expected['trainable']} "
-            f"(set model.trainable / model.projection to match the checkpoint)"
-        )
-    if meta.get("adapter") != expected.get("adapter"):
-        raise CheckpointMismatchError(
-            f"checkpoint was trained with model.adapter={meta.get('adapter')} but this model has "
-            f"{expected.get('adapter')} (choose model/adapter=... and its keys to match the checkpoint)"
-        )
-    for key in ("base", "text_encoder"):
-        if not _same_source(meta.get(key), expected[key]):
-            raise CheckpointMismatchError(
-                f"checkpoint was trained on {key}={meta.get(key)!r} but this model uses {expected[key]!r}"
-            )
-    state = checkpoint["state_dict"]
-    missing = sorted(set(weights) - set(state))
-    unexpected = sorted(set(state) - set(weights))
-    wrong_shape = [k for k in weights if k in state and tuple(state[k].shape) != tuple(weights[k].shape)]
-    if missing or unexpected or wrong_shape:
-        raise CheckpointMismatchError(
-            "checkpoint weights do not fit this model: "
-            f"{len(missing)} missing (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]}), "
-            f"{len(wrong_shape)} with another shape (e.g. {wrong_shape[:3]})"
-        )

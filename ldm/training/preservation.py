@@ -12,16 +12,18 @@ so the wrapped encoder is the original at that moment).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ldm.data.preserve_prompts import load_preserve_prompts
 from ldm.errors import expect, is_int
 
-if TYPE_CHECKING:
-    from ldm.training.module import TextEncoderFineTuner
+# the module it serves: a TextEncoderFineTuner (`text_encoder`, `tokenizer`); named loosely, since
+# ldm.training.module imports this file
+TextEncoderFineTuner = nn.Module
 
 
 class EmbeddingPreservation:
@@ -85,3 +87,13 @@ class EmbeddingPreservation:
         live = module.text_encoder(self.input_ids[:limit].to(device))[0].float().cpu()
         teacher = self.teacher[:limit]
         return float(((live - teacher) ** 2).mean() / (teacher**2).mean().clamp_min(1e-12))
+
+
+def gradient_norm(loss: torch.Tensor, params: Sequence[torch.Tensor]) -> float:
+    """‖∂loss/∂θ‖ over `params`, the graph kept for the real backward. The learning check asks for the task
+    loss's own: with preservation on, weight decay plus the pull back to the teacher make gradients even when
+    the task loss reaches no weight."""
+    if not loss.requires_grad:
+        return 0.0
+    grads = [g for g in torch.autograd.grad(loss, list(params), retain_graph=True, allow_unused=True) if g is not None]
+    return float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0

@@ -1,0 +1,63 @@
+"""Does a checkpoint fit the model it is loaded onto? The check, and the error that names what differs.
+
+Why its own module: the generation side loads checkpoints too (ldm/generation/checkpoints.py) and must
+refuse one for another base or trainable set with the same message as training does.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+from ldm.errors import UserError
+
+
+class CheckpointMismatchError(UserError):
+    """A checkpoint was made for another base model or another trainable set."""
+
+
+def _same_source(a: str | None, b: str | None) -> bool:
+    """Hub ids compare as strings; local folders by their real path."""
+    if a is None or b is None:
+        return a == b
+    if os.path.isdir(a) and os.path.isdir(b):
+        return os.path.realpath(a) == os.path.realpath(b)
+    return a == b
+
+
+def check_checkpoint_fits(
+    checkpoint: dict[str, Any], expected: dict[str, Any], weights: dict[str, torch.Tensor]
+) -> None:
+    """Raise `CheckpointMismatchError` naming what differs between a checkpoint and the model."""
+    meta = checkpoint.get("ldm")
+    if meta is None:
+        raise CheckpointMismatchError(
+            "this checkpoint has no 'ldm' metadata: it was not written by this project's train.py"
+        )
+    if sorted(meta["trainable"]) != expected["trainable"]:
+        raise CheckpointMismatchError(
+            f"checkpoint trains {sorted(meta['trainable'])} but this model trains {expected['trainable']} "
+            f"(set model.trainable / model.projection to match the checkpoint)"
+        )
+    if meta.get("adapter") != expected.get("adapter"):
+        raise CheckpointMismatchError(
+            f"checkpoint was trained with model.adapter={meta.get('adapter')} but this model has "
+            f"{expected.get('adapter')} (choose model/adapter=... and its keys to match the checkpoint)"
+        )
+    for key in ("base", "text_encoder"):
+        if not _same_source(meta.get(key), expected[key]):
+            raise CheckpointMismatchError(
+                f"checkpoint was trained on {key}={meta.get(key)!r} but this model uses {expected[key]!r}"
+            )
+    state = checkpoint["state_dict"]
+    missing = sorted(set(weights) - set(state))
+    unexpected = sorted(set(state) - set(weights))
+    wrong_shape = [k for k in weights if k in state and tuple(state[k].shape) != tuple(weights[k].shape)]
+    if missing or unexpected or wrong_shape:
+        raise CheckpointMismatchError(
+            "checkpoint weights do not fit this model: "
+            f"{len(missing)} missing (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]}), "
+            f"{len(wrong_shape)} with another shape (e.g. {wrong_shape[:3]})"
+        )
