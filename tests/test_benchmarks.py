@@ -215,3 +215,40 @@ def test_preservation_cost_smoke_times_both_variants_and_their_ratio(cache_dir: 
     assert all(len(results["times_s"][k]) == 2 for k in ("off", "on"))
     assert results["ratio"] == pytest.approx(results["median_s"]["on"] / results["median_s"]["off"])
     assert "| off (preservation.weight=0) |" in result.stdout and "preservation adds" in result.stdout
+
+
+def _seed_report(base_before: float, base_after: float, new_after: float, colour_after: float) -> dict:
+    """A report.json as the mission writes it, with the shares that matter here."""
+
+    def scores(mean: float, colour: float) -> dict:
+        return {
+            "shape": mean,
+            "colour": colour,
+            "position": mean,
+            "mean": mean,
+            "ci95": {"mean": [mean - 0.05, mean + 0.05]},
+        }
+
+    drop = base_before - base_after
+    return {
+        "chance": {"shape": 0.25, "colour": 1 / 6, "position": 0.2},
+        "adherence": {
+            "base_model": {"base": scores(base_before, 0.9), "new": scores(0.21, 0.17)},
+            "after_stage3": {"base": scores(base_after, colour_after), "new": scores(new_after, 0.9)},
+        },
+        "checks": {"base_prompts_drop": {"value": drop, "ci95": [drop - 0.08, drop + 0.08]}},
+    }
+
+
+def test_shapes_seeds_table_gives_every_seed_its_interval_and_the_spread() -> None:
+    from benchmarks.shapes_seeds import seed_table
+
+    reports = {0: _seed_report(0.92, 0.915, 0.90, 0.89), 1: _seed_report(0.91, 0.90, 0.86, 0.80)}
+    text = seed_table(reports)
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in text.splitlines()[2:]}
+    new = rows["after stage 3 on new prompts"]
+    assert new[:3] == [">= 88", "90.0 [85.0, 95.0]", "86.0 [81.0, 91.0]"]
+    assert new[3:] == ["88.0", "86.0", "90.0", "MISSED"]  # mean, min, max; seed 1 misses
+    assert rows["drop on base prompts"][-1] == "met" and rows["drop on base prompts"][1] == "0.5 [-7.5, 8.5]"
+    assert rows["drop on base colour"][1:3] == ["1.0", "10.0"] and rows["drop on base colour"][-1] == "MISSED"
+    assert rows["base model on new prompts, above chance"][1].startswith("0.4 [")  # 21% against chance 20.6%

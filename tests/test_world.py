@@ -227,7 +227,7 @@ def test_report_has_its_fields(stages) -> None:
     before, after = report["adherence"]["base_model"], report["adherence"]["after_stage3"]
     checks = report["checks"]
     assert checks["after_stage3_on_new_prompts"]["value"] == after["new"]["mean"]
-    assert checks["after_stage3_on_new_prompts"]["met"] == (after["new"]["mean"] >= 0.80)  # the point estimate
+    assert checks["after_stage3_on_new_prompts"]["met"] == (after["new"]["mean"] >= 0.88)  # the point estimate
     assert checks["base_prompts_drop"]["value"] == pytest.approx(before["base"]["mean"] - after["base"]["mean"])
     for check in checks.values():
         low, high = check["ci95"]
