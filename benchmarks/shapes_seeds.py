@@ -89,8 +89,8 @@ def run_seed(seed: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     overrides = [f"data.generate.seed={seed}", f"seed={42 + seed}", "++trainer.enable_progress_bar=false", *args.set]
     cmd = [
         sys.executable, "demo.py", f"paths.cache_dir={args.cache_dir / f'seed-{seed}'}", f"hydra.run.dir={run_dir}",
-        f"overrides={json.dumps(overrides)}", f"stage_overrides.shapes_base=[model.init.seed={seed}]",
-        f"stage_overrides.shapes=[callbacks.adherence.prompts_per_vocabulary={args.prompts}]",
+        f"overrides={json.dumps(overrides)}", f"stage_overrides.shapes_base={json.dumps([f'model.init.seed={seed}'])}",
+        f"stage_overrides.shapes={json.dumps([f'callbacks.adherence.prompts_per_vocabulary={args.prompts}'])}",
     ]  # fmt: skip
     print(f"seed {seed}: {' '.join(cmd[1:])}", flush=True)
     start = time.perf_counter()
