@@ -67,7 +67,8 @@ class Flickr8kDataModule(L.LightningDataModule):
             _check_latent_cache(center_crop, self.hub)
         self.cache_latents = cache_latents
         self.latent_cache_dir = Path(latent_cache_dir)
-        self.preserve_prompts = preserve_prompts  # read by conf/preservation (ldm/training/preservation.py)
+        # a data setting kept here for reference; preservation reads it as ${data.preserve_prompts}
+        self.preserve_prompts = preserve_prompts
         self.generate = _generate_config(generate, layout)
         self.collate = CaptionCollator(tokenizer, max_length)
         self.splits: dict[str, CaptionDataset | HubStream] = {}

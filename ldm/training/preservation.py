@@ -21,13 +21,12 @@ from torch import nn
 from ldm.data.preserve_prompts import load_preserve_prompts
 from ldm.errors import expect, is_int
 
-# the module it serves: a TextEncoderFineTuner (`text_encoder`, `tokenizer`); named loosely, since
-# ldm.training.module imports this file
-TextEncoderFineTuner = nn.Module
-
 
 class EmbeddingPreservation:
-    """loss = MSE(encoder(prompts), teacher(prompts)) on `batch_size` preservation prompts drawn per step.
+    """Serves a TextEncoderFineTuner (its `text_encoder` and `tokenizer`), typed as nn.Module because
+    ldm.training.module imports this file.
+
+    loss = MSE(encoder(prompts), teacher(prompts)) on `batch_size` preservation prompts drawn per step.
 
     The outputs compared are the text encoder's last hidden states, all `max_length` positions (the U-Net
     attends to every position, padding included); with `model.projection` the projection is new, so the
@@ -50,7 +49,7 @@ class EmbeddingPreservation:
         return self.weight > 0
 
     @torch.no_grad()
-    def cache_teacher(self, module: TextEncoderFineTuner, chunk: int = 64) -> None:
+    def cache_teacher(self, module: nn.Module, chunk: int = 64) -> None:
         """Tokenize the prompts and store what the encoder gives for them now (the start of the run)."""
         if not self.active:
             return
@@ -62,31 +61,34 @@ class EmbeddingPreservation:
         encoder = module.text_encoder
         was_training = encoder.training
         encoder.eval()  # the teacher is deterministic (no dropout), as the original encoder at inference
-        device = next(encoder.parameters()).device
-        outputs = [encoder(ids.to(device))[0].float().cpu() for ids in self.input_ids.split(chunk)]
+        outputs = [_encode(module, ids).float().cpu() for ids in self.input_ids.split(chunk)]
         encoder.train(was_training)
         self.teacher = torch.cat(outputs)
 
-    def loss(self, module: TextEncoderFineTuner) -> torch.Tensor:
+    def loss(self, module: nn.Module) -> torch.Tensor:
         """MSE between the live encoder's and the teacher's outputs on a random batch of preservation prompts."""
         if self.teacher is None or self.input_ids is None:
             raise RuntimeError("preservation: cache_teacher(module) must run before loss() (the module's setup does)")
         picks = torch.randint(0, len(self.teacher), (min(self.batch_size, len(self.teacher)),))
-        device = next(module.text_encoder.parameters()).device
-        student = module.text_encoder(self.input_ids[picks].to(device))[0]  # (B, L, width)
-        return F.mse_loss(student.float(), self.teacher[picks].to(device))
+        student = _encode(module, self.input_ids[picks])  # (B, L, width)
+        return F.mse_loss(student.float(), self.teacher[picks].to(student.device))
 
     @torch.no_grad()
-    def drift(self, module: TextEncoderFineTuner, limit: int = 64) -> float:
+    def drift(self, module: nn.Module, limit: int = 64) -> float:
         """Mean squared distance of the first `limit` preservation prompts from the teacher, relative to the
         teacher's mean square (0: unchanged; 1: as far as the embeddings are large). A fixed subset, so the
         logged curve compares across steps and costs one small forward."""
         if self.teacher is None or self.input_ids is None:
             return 0.0
-        device = next(module.text_encoder.parameters()).device
-        live = module.text_encoder(self.input_ids[:limit].to(device))[0].float().cpu()
+        live = _encode(module, self.input_ids[:limit]).float().cpu()
         teacher = self.teacher[:limit]
         return float(((live - teacher) ** 2).mean() / (teacher**2).mean().clamp_min(1e-12))
+
+
+def _encode(module: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+    """The text encoder's last hidden states (B, L, width) for token ids, on the encoder's device."""
+    device = next(module.text_encoder.parameters()).device
+    return module.text_encoder(input_ids.to(device))[0]
 
 
 def gradient_norm(loss: torch.Tensor, params: Sequence[torch.Tensor]) -> float:
