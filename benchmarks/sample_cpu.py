@@ -52,6 +52,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -289,7 +290,8 @@ def _summary(
     after = t1 - rec.decode[1]
     complete = measured == len(kinds)
     missing = sorted({k for k in kinds if k not in per_kind})  # filled from a sibling by the parent
-    per_image = (t1 - t0) if complete else before + sum(per_kind.get(k, 0.0) for k in kinds) + decode + after
+    # a kind with no measured step leaves s/image unmeasured (None) until a sibling fills it: never counted as 0 s
+    per_image = (t1 - t0) if complete else image_seconds(before, per_kind, kinds, decode, after)
     rss = _vm_hwm_gib()
     return {
         "_latents": rec.latents,
@@ -318,12 +320,22 @@ def _summary(
 KINDS = ("full", "shallow", "full-cond", "shallow-cond")
 
 
+def image_seconds(
+    before: float, step_s: dict[str, float], kinds: Sequence[str], decode: float, after: float
+) -> float | None:
+    """s/image extrapolated from the per-kind step times; None when some step kind of `kinds` has no time."""
+    if any(k not in step_s for k in kinds):
+        return None
+    return before + sum(step_s[k] for k in kinds) + decode + after
+
+
 def fill_missing_kinds(results: dict[str, dict[str, Any]]) -> None:
     """A variant's unmeasured step kinds from its sibling without the interval (`SIBLINGS`); its s/image again.
 
     A kind the variant measured once only (the guided step 3 of `--steps 4` with the interval [0.2, 0.8])
     is taken from the sibling too when the sibling measured it warm: a lone first call of a kind includes
-    its one-off costs (a first batch-2 call on a compiled engine).
+    its one-off costs (a first batch-2 call on a compiled engine). A kind that neither measured leaves the
+    variant's s/image None: the report marks it unmeasured instead of counting those steps as free.
     """
     for variant, r in results.items():
         sibling = results.get(SIBLINGS.get(variant, ""))
@@ -339,8 +351,7 @@ def fill_missing_kinds(results: dict[str, dict[str, Any]]) -> None:
                 r["borrowed"].append(kind)
                 if kind in r["missing_kinds"]:
                     r["missing_kinds"].remove(kind)
-        steps = sum(r["step_s"].get(k, float("nan")) for k in r["kinds"])
-        r["image_s"] = r["before_s"] + steps + r["decode_s"] + r["after_s"]
+        r["image_s"] = image_seconds(r["before_s"], r["step_s"], r["kinds"], r["decode_s"], r["after_s"])
 
 
 def relative_errors(results: dict[str, dict[str, Any]], latents: dict[str, Path]) -> None:
@@ -515,8 +526,8 @@ def print_report(
                 " / ".join(call_cells),
                 " / ".join(rate_cells),
                 r["decode_s"],
-                f"{r['image_s']:.1f}" + (" (extrapolated)" if r["extrapolated"] else ""),
-                f"{base / r['image_s']:.2f}x" if base else "-",
+                image_cell(variant, r),
+                f"{base / r['image_s']:.2f}x" if base and r["image_s"] else "-",
                 f"{r['peak_rss_gib']:.2f}",
                 f"{r.get('export_s', 0):.0f}" if r.get("export_s") else "-",
                 "-" if error is None else f"{error:.4f}",
@@ -539,7 +550,18 @@ def print_report(
     ours = results.get("ours", {}).get("image_s")
     if base and ours:
         lines.append(f"speed-up of sample.py's default over the baseline: {base / ours:.2f}x")
+    elif base and "ours" in results:
+        why = image_cell("ours", results["ours"])
+        lines.append(f"speed-up of sample.py's default over the baseline: not measured ({why})")
     return "\n".join(lines)
+
+
+def image_cell(variant: str, r: dict[str, Any]) -> str:
+    """The s/image cell: the time, or why there is none (a step kind that no measured step covered)."""
+    if r["image_s"] is not None:
+        return f"{r['image_s']:.1f}" + (" (extrapolated)" if r["extrapolated"] else "")
+    fix = f"add --variants {SIBLINGS[variant]}" if variant in SIBLINGS else "measure more --steps"
+    return f"not measured: no {', '.join(r['missing_kinds'])} step timed ({fix})"
 
 
 if __name__ == "__main__":

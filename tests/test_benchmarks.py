@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -254,3 +255,30 @@ def test_shapes_seeds_table_gives_every_seed_its_interval_and_the_spread() -> No
     assert rows["drop on base prompts"][-1] == "met" and rows["drop on base prompts"][1] == "0.5 [-7.5, 8.5]"
     assert rows["drop on base colour"][1:3] == ["1.0", "10.0"] and rows["drop on base colour"][-1] == "MISSED"
     assert rows["base model on new prompts, above chance"][1].startswith("0.4 [")  # 21% against chance 20.6%
+
+
+def test_sample_cpu_refuses_a_speed_up_whose_guided_steps_were_not_timed() -> None:
+    """The bug of `--quick --variants baseline ours`: 2 measured steps of `ours` are both unguided, no `ours-full`
+    ran to lend the guided time, and the 9 guided steps counted as 0 s (16.89x printed where 5.55x was true)."""
+    from types import SimpleNamespace
+
+    from benchmarks.sample_cpu import _summary, fill_missing_kinds, print_report
+
+    def recorded(step_times: list[float]) -> SimpleNamespace:
+        ends = list(itertools.accumulate(step_times, initial=1.0))
+        calls = [(a, b - 0.1) for a, b in itertools.pairwise(ends)]
+        return SimpleNamespace(calls=calls, step_ends=ends[1:], decode=(ends[-1], ends[-1] + 2.0), latents=None)
+
+    kinds = ["full-cond"] * 3 + ["full"] * 9 + ["full-cond"] * 3
+    ours = _summary(recorded([5.0, 5.0]), 0.0, 60.0, kinds, 1.0, "dpm x 15", "bf16", "")
+    baseline_kinds = ["full"] * 2
+    baseline = _summary(recorded([20.0, 20.0]), 0.0, 43.5, baseline_kinds, 1.0, "pndm x 2", "fp32", "")
+    assert ours["missing_kinds"] == ["full"] and ours["image_s"] is None
+    results = {"baseline": baseline, "ours": ours}
+    fill_missing_kinds(results)  # no sibling: nothing to borrow, still unmeasured
+    assert results["ours"]["image_s"] is None
+    report = print_report(
+        results, {"fp32": 100.0, "bf16": 200.0}, {"full": 1e9, "shallow": 5e8}, "cpu", "quick", 2, 64, 1
+    )
+    assert report.splitlines()[-1].startswith("speed-up of sample.py's default over the baseline: not measured")
+    assert "not measured: no full step timed (add --variants ours-full)" in report
