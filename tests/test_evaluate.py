@@ -284,3 +284,45 @@ def test_clip_score_matches_cosine_similarity_computed_by_hand(cache_dir: Path, 
         )
         assert score == pytest.approx(expected, rel=1e-4, abs=1e-4), chosen
     assert 100 * cosine[[0, 1, 2, 4]].mean() > 1 and 100 * cosine.mean() < 0  # a value, and the floor
+
+
+def test_the_backbone_training_optimised_is_flagged_and_comes_last(cache_dir: Path, tmp_path: Path) -> None:
+    """objective=reward reward=clip with backbones=tiny's tiny_a as the reward model: tiny_a's scores grade the
+    run's own homework, so eval.json and the table mark them and lead with tiny_b."""
+    from ldm.evaluation.backbones import ensure_tiny_clip
+    from ldm.training.run import train
+    from tests.conftest import tiny_overrides
+
+    reward_model = ensure_tiny_clip(cache_dir / "tiny-clip-a", 0)  # what backbones=tiny calls tiny_a
+    run = tmp_path / "run"
+    train(
+        compose_config(
+            "train",
+            tiny_overrides(
+                run, cache_dir, "objective=reward", f"reward.pretrained={reward_model}", "objective.steps=2",
+                "objective.grad_steps=1", "trainer.max_steps=2", "callbacks.learning_check.check_after_steps=1",
+            ),
+        )
+    )  # fmt: skip
+    report = evaluate(eval_config(cache_dir, run / "final_model", tmp_path / "eval", "fid.clip=false"))
+    assert report["objective"] == {"name": "reward", "reward": "ClipReward", "reward_model": reward_model}
+    scores = report["metrics"]["clip_score"]
+    assert list(scores) == ["tiny_b", "tiny_a"]
+    assert (
+        "not independent" in scores["tiny_a"]["optimised_by_training"]
+        and "optimised_by_training" not in scores["tiny_b"]
+    )
+    rows = [line for line in report["table"].splitlines() if line.startswith("CLIP score")]
+    assert rows[0].startswith("CLIP score tiny_b ↑") and rows[1].startswith("CLIP score tiny_a * ↑")
+    assert "* tiny_a: optimised by training, not independent" in report["table"]
+    saved = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert (
+        saved["metrics"]["clip_score"]["tiny_a"]["optimised_by_training"] == scores["tiny_a"]["optimised_by_training"]
+    )
+
+
+def test_a_diffusion_run_has_no_flagged_backbone(evaluated) -> None:
+    report, _ = evaluated
+    assert report["objective"] == {"name": "diffusion"}
+    assert not any("optimised_by_training" in row for row in report["metrics"]["clip_score"].values())
+    assert "not independent" not in report["table"]

@@ -139,6 +139,32 @@ def test_a_reward_run_fits_and_its_checkpoint_holds_no_reward_model(cache_dir: P
     assert trainer.callback_metrics["train/preservation_loss_step"] > 0  # preservation runs beside the reward
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["state_dict"] and all(k.startswith("text_encoder.") for k in ckpt["state_dict"])
+    recorded = {"name": "reward", "reward": "ClipReward", "reward_model": clip(cache_dir)}
+    assert ckpt["ldm"]["objective"] == recorded  # evaluate.py reads it to flag the backbone that was optimised
+    assert json.loads((tmp_path / "final_model" / "export.json").read_text())["objective"] == recorded
+
+
+def test_grad_steps_are_the_last_steps_of_the_schedule_pndm_included(compose_train, cache_dir: Path) -> None:
+    """PNDM's schedule is one step longer than `steps`: still exactly `grad_steps` U-Net calls carry gradients."""
+    module = build_module(compose_train(*reward_overrides(cache_dir), "objective.scheduler=pndm"))
+    grad_enabled: list[bool] = []
+    module.unet.register_forward_pre_hook(lambda unet, args: grad_enabled.append(torch.is_grad_enabled()))
+    torch.manual_seed(0)
+    module.objective.sample(module, batch(module)["input_ids"])
+    assert len(grad_enabled) > 4  # the schedule is longer than objective.steps=4: the case this test is about
+    assert grad_enabled == [False] * (len(grad_enabled) - 2) + [True, True]  # objective.grad_steps=2
+
+
+def test_out_of_range_pixels_cannot_raise_the_reward(compose_train, cache_dir: Path, monkeypatch) -> None:
+    module = build_module(compose_train(*reward_overrides(cache_dir)))
+    torch.manual_seed(0)
+    images = torch.randn(2, 3, 64, 64) * 3  # mostly beyond [-1, 1], where no saved image can be
+    monkeypatch.setattr(module.objective, "sample", lambda module, ids: images)
+    loss = module.objective(module, batch(module))
+    reward = module.objective.reward
+    clamped = reward(images.clamp(-1, 1), [PROMPT, PROMPT]).mean()
+    torch.testing.assert_close(loss, -clamped)  # the loss sees only what an image can show
+    assert not torch.allclose(reward(images, [PROMPT, PROMPT]).mean(), clamped)  # and the clamp matters here
 
 
 @pytest.mark.parametrize(

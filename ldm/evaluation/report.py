@@ -39,20 +39,26 @@ def format_table(report: Mapping[str, Any]) -> str:
     """Plain-text table: one row per metric, base and fine-tuned side by side (↑ higher is better, ↓ lower)."""
     metrics = report["metrics"]
     lines = [f"{'metric':<36}{'base model':>12}{'fine-tuned':>12}{'change':>12}", "-" * 72]
+    marked = {name: row["optimised_by_training"] for name, row in metrics["clip_score"].items() if _optimised(row)}
     for name, row in metrics["clip_score"].items():
-        lines.append(_row(f"CLIP score {name}", row["base"], row["finetuned"], "↑"))
+        lines.append(_row(f"CLIP score {name}{' *' * _optimised(row)}", row["base"], row["finetuned"], "↑"))
     fid = metrics["fid_inception"]
     if "skipped" in fid:
         lines.append(f"{'FID (Inception) ↓':<36}skipped: {fid['skipped']}")
     else:
         lines.append(_row("FID (Inception)", fid["base"], fid["finetuned"], "↓"))
     for name, row in metrics.get("fd_clip", {}).items():
-        lines.append(_row(f"FD on CLIP {name} features", row["base"], row["finetuned"], "↓"))
+        lines.append(_row(f"FD on CLIP {name} features{' *' * _optimised(row)}", row["base"], row["finetuned"], "↓"))
     for attr, value in (metrics.get("adherence") or {}).get("finetuned", {}).items():
         lines.append(_row(f"adherence {attr}", metrics["adherence"]["base"][attr], value, "↑"))
     drift = metrics["embedding_drift"]["mean_cosine_drift"]
     lines.append(_row("prompt embedding drift (1 - cos)", None, drift, ""))
+    lines += [f"* {name}: {note}" for name, note in marked.items()]
     return "\n".join(lines)
+
+
+def _optimised(row: Mapping[str, Any]) -> bool:
+    return "optimised_by_training" in row
 
 
 def side_by_side(

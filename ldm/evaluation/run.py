@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import gc
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,14 +26,16 @@ from ldm.evaluation.adherence import Judge, adherence, load_judge
 from ldm.evaluation.backbones import check_backbone, load_backbone
 from ldm.evaluation.held_out import HeldOut, load_held_out, pil_to_uint8
 from ldm.evaluation.report import format_table, run_folder, side_by_side, write_json
-from ldm.generation.checkpoints import build_model
+from ldm.generation.checkpoints import build_model, read_checkpoint
 from ldm.generation.engine import install_engine
 from ldm.generation.loading import prepare_for_inference, resolve_device, set_threads
 from ldm.generation.pipeline import encode_prompts, generate
 from ldm.generation.settings import Limits, SampleSettings, validate_settings
+from ldm.training.checkpoint_fit import same_source
 from ldm.training.module import TextEncoderFineTuner
 
 EMBED_BATCH = 16
+OPTIMISED_NOTE = "optimised by training, not independent: the reward model of objective=reward"
 
 
 def _is_int(value: Any, minimum: int) -> bool:
@@ -125,8 +127,10 @@ def score_images(
     inception: torch.nn.Module | None,
     skipped: str | None,
     device: torch.device,
+    optimised: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """CLIP score and fd_clip per backbone, then Inception FID (or why it was skipped)."""
+    """CLIP score and fd_clip per backbone (independent ones first, `optimised` ones marked), then Inception
+    FID (or why it was skipped)."""
     fakes = {variant: pil_to_uint8(imgs) for variant, imgs in images.items()}  # (N, 3, H, W) uint8
     size = min(fakes["base"].shape[-2:])
     real_limit = cfg.fid.real_images
@@ -136,10 +140,13 @@ def score_images(
 
     n_real = len(held_out.source) if real_limit is None else min(real_limit, len(held_out.source))
     result: dict[str, Any] = {"clip_score": {}, "fd_clip": {}}
-    for name, source in cfg.backbones.items():
+    ordered = sorted(cfg.backbones.items(), key=lambda item: item[0] in optimised)  # stable: config order kept
+    for name, source in ordered:
         adapter, processor = load_backbone(source)
         adapter.to(device)
         result["clip_score"][name] = {"backbone": source}
+        if name in optimised:
+            result["clip_score"][name]["optimised_by_training"] = OPTIMISED_NOTE
         for variant, pixels in fakes.items():
             result["clip_score"][name][variant] = metrics.clip_score(
                 adapter, processor, pixels, held_out.prompts, device
@@ -147,6 +154,8 @@ def score_images(
         if cfg.fid.clip:
             distances = metrics.frechet_distances(metrics.clip_frechet(adapter, processor), real(), fakes, device)
             result["fd_clip"][name] = {"backbone": source, "real_images": n_real, **distances}
+            if name in optimised:
+                result["fd_clip"][name]["optimised_by_training"] = OPTIMISED_NOTE
         del adapter, processor
         _free(device)
     if inception is None:
@@ -156,6 +165,17 @@ def score_images(
     if not cfg.fid.clip:
         del result["fd_clip"]
     return result
+
+
+def optimised_backbones(backbones: Mapping[str, str], objective: Mapping[str, Any] | None) -> list[str]:
+    """The backbones training itself maximised (`objective=reward reward=clip` with that CLIP model).
+
+    Why: a score from the model that was the training target grades the run's own homework; the report marks
+    it "optimised by training, not independent" and leads with the others.
+    """
+    if not objective or objective.get("reward") != "ClipReward":
+        return []
+    return [name for name, source in backbones.items() if same_source(str(source), str(objective["reward_model"]))]
 
 
 @dataclass
@@ -187,11 +207,13 @@ def render_both(
 
     Returns ({"base": ..., "finetuned": ...}, what the base is).
     """
-    model = build_model(cfg.model, cfg.checkpoint, base_override=base_override)
+    weights = read_checkpoint(cfg.checkpoint)
+    model = build_model(cfg.model, weights, base_override=base_override)
     info = {
         "base_model": str(model.hparams.pretrained),
         "revision": model.hparams.revision,
         "trainable": list(model.trainable_names),
+        "objective": weights.meta["objective"],
     }
     tuned = run_variant(model, cfg, prompts, seeds, label="fine-tuned", checkpoint=str(cfg.checkpoint))
     del model
@@ -233,7 +255,8 @@ def evaluate(cfg: DictConfig, *, base_override: bool = False) -> dict[str, Any]:
     variants, info = render_both(cfg, prompts, seeds, base_override)
     images = {name: v.images for name, v in variants.items()}
     t0 = time.perf_counter()
-    scores = score_images(cfg, held_out, images, inception, skipped, device)
+    optimised = optimised_backbones(cfg.backbones, info["objective"])
+    scores = score_images(cfg, held_out, images, inception, skipped, device, optimised)
     base, tuned = variants["base"], variants["finetuned"]
     scores["embedding_drift"] = {
         **metrics.embedding_drift(base.conditioning, tuned.conditioning, base.mask * tuned.mask),

@@ -50,7 +50,8 @@ class FineTunedWeights:
 
     path: str
     form: Form
-    meta: dict[str, Any]  # base, revision, text_encoder, trainable (sorted, "text_projection" included), adapter
+    meta: dict[str, Any]  # base, revision, text_encoder, trainable (sorted, "text_projection" included), adapter,
+    # objective (what training optimised: {"name": "diffusion"} or the reward and its model; None if unrecorded)
     prediction_type: str | None
     state_dict: dict[str, torch.Tensor]
 
@@ -98,6 +99,7 @@ def _meta(info: dict[str, Any]) -> dict[str, Any]:
         "text_encoder": info.get("text_encoder"),
         "trainable": sorted(info["trainable"]),
         "adapter": info.get("adapter"),
+        "objective": info.get("objective"),  # what training optimised; None in checkpoints from before it was kept
     }
 
 
@@ -176,7 +178,10 @@ def _looks_local(source: str) -> bool:
 
 
 def build_model(
-    model_cfg: DictConfig, checkpoint: str | os.PathLike | None = None, *, base_override: bool = False
+    model_cfg: DictConfig,
+    checkpoint: str | os.PathLike | FineTunedWeights | None = None,
+    *,
+    base_override: bool = False,
 ) -> TextEncoderFineTuner:
     """The model `model_cfg` describes, with the fine-tuned weights of `checkpoint` loaded onto it.
 
@@ -184,7 +189,10 @@ def build_model(
     `base_override=True` (the user chose `model=` or `model.pretrained=`) keeps `model_cfg.pretrained` as the
     base, e.g. a local copy of the hub model, and the weights must still fit it.
     """
-    weights = None if checkpoint is None else read_checkpoint(checkpoint)
+    if checkpoint is None or isinstance(checkpoint, FineTunedWeights):
+        weights = checkpoint
+    else:
+        weights = read_checkpoint(checkpoint)
     cfg = model_cfg.copy()
     overrides = {} if weights is None else weights.model_kwargs()
     if base_override:

@@ -146,7 +146,11 @@ def export_final_model(module: TextEncoderFineTuner, dirpath: Path) -> Path:
                 part = merged_text_encoder(module.peft_model)
             part.save_pretrained(dirpath / name, safe_serialization=True)
     module.tokenizer.save_pretrained(dirpath / "tokenizer")
-    info = {**module.checkpoint_signature(), "prediction_type": module.noise_scheduler.config.prediction_type}
+    info = {
+        **module.checkpoint_signature(),
+        "prediction_type": module.noise_scheduler.config.prediction_type,
+        "objective": module.objective_record(),
+    }
     (dirpath / "export.json").write_text(json.dumps(info, indent=2) + "\n")
     return dirpath
 

@@ -18,7 +18,7 @@ class CheckpointMismatchError(UserError):
     """A checkpoint was made for another base model or another trainable set."""
 
 
-def _same_source(a: str | None, b: str | None) -> bool:
+def same_source(a: str | None, b: str | None) -> bool:
     """Hub ids compare as strings; local folders by their real path."""
     if a is None or b is None:
         return a == b
@@ -47,7 +47,7 @@ def check_checkpoint_fits(
             f"{expected.get('adapter')} (choose model/adapter=... and its keys to match the checkpoint)"
         )
     for key in ("base", "text_encoder"):
-        if not _same_source(meta.get(key), expected[key]):
+        if not same_source(meta.get(key), expected[key]):
             raise CheckpointMismatchError(
                 f"checkpoint was trained on {key}={meta.get(key)!r} but this model uses {expected[key]!r}"
             )

@@ -245,9 +245,13 @@ class TextEncoderFineTuner(L.LightningModule):
             "adapter": self.adapter,
         }
 
+    def objective_record(self) -> dict[str, Any]:
+        """What training optimised (recorded in checkpoints and export.json; not part of the fit check)."""
+        return {"name": "diffusion"} if self.objective is None else self.objective.describe()
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["state_dict"] = self._trainable_only(checkpoint["state_dict"])
-        checkpoint["ldm"] = self.checkpoint_signature()
+        checkpoint["ldm"] = {**self.checkpoint_signature(), "objective": self.objective_record()}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse a checkpoint for another base or trainable set instead of half-loading it silently.

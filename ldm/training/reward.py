@@ -95,17 +95,24 @@ class RewardObjective(nn.Module):
         size = module.unet.config.sample_size if self.resolution is None else self.resolution // factor
         shape = (len(input_ids), module.unet.config.in_channels, size, size)
         latents = torch.randn(shape, device=input_ids.device) * scheduler.init_noise_sigma  # seeded per step
+        # counted from the schedule's own length: PNDM's has one step more than `steps` (its PRK warm-up)
+        first_with_grad = len(scheduler.timesteps) - self.grad_steps
         for i, t in enumerate(scheduler.timesteps):
-            with torch.set_grad_enabled(i >= self.steps - self.grad_steps and torch.is_grad_enabled()):
+            with torch.set_grad_enabled(i >= first_with_grad and torch.is_grad_enabled()):
                 x = scheduler.scale_model_input(latents, t)
                 latents = scheduler.step(self._unet(module, x, t, hidden), t, latents).prev_sample
         scaled = latents / module.vae.config.scaling_factor
         return module.vae.decode(scaled.to(module.vae.dtype)).sample.float()
 
+    def describe(self) -> dict[str, Any]:
+        """What was optimised, for export.json: evaluate.py flags a metric computed with the same model."""
+        return {"name": "reward", "reward": type(self.reward).__name__, "reward_model": self.reward.source}
+
     def forward(self, module: Any, batch: dict[str, Any]) -> torch.Tensor:
         ids = batch["input_ids"]
         prompts = module.tokenizer.batch_decode(ids, skip_special_tokens=True)
-        rewards = self.reward(self.sample(module, ids), prompts)  # (B,)
+        # clamped as any saved image is: pixels beyond the range no image can hold must not raise the reward
+        rewards = self.reward(self.sample(module, ids).clamp(-1, 1), prompts)  # (B,)
         logged = {"train/reward": rewards.mean().detach()}
         loss = -rewards.mean()
         if self.diffusion_weight > 0:
@@ -126,6 +133,7 @@ class ClipReward(nn.Module):
     def __init__(self, pretrained: str) -> None:
         super().__init__()
         adapter, processor = load_backbone(pretrained)
+        self.source = pretrained
         self.clip, self.tokenizer = adapter, processor.tokenizer
         image = processor.image_processor
         self.size = int(adapter.config.vision_config.image_size)
@@ -151,6 +159,7 @@ class JudgeReward(nn.Module):
     def __init__(self, judge: str) -> None:
         super().__init__()
         self.classifier, self.report = load_judge(judge)
+        self.source = judge
         self.size = int(self.report["image_size"])
 
     def forward(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
