@@ -26,10 +26,12 @@ from ldm.generation.checkpoints import build_model
 from ldm.generation.loading import prepare_for_inference
 from ldm.generation.output import METADATA_KEYS
 from ldm.serving.app import app_from_config
+from ldm.serving.owners import owner_hash
 from ldm.serving.server import make_waitress
 from tests.conftest import compose_config
 
 REPO = Path(__file__).resolve().parents[1]
+OWNER = "tests-owner-token-0001"  # the X-Owner-Token this module's requests carry unless told otherwise
 
 
 class StepHook:
@@ -46,7 +48,7 @@ class StepHook:
 
 @pytest.fixture(scope="module")
 def app_cfg(cache_dir: Path):
-    return compose_config("app", ["model=tiny", f"paths.cache_dir={cache_dir}"])
+    return compose_config("app", ["model=tiny", f"paths.cache_dir={cache_dir}", "keep_images=false"])
 
 
 @pytest.fixture(scope="module")
@@ -94,10 +96,12 @@ def slow(hook) -> Iterator[StepHook]:
 
 
 def fetch(url: str, payload: dict | None = None, method: str | None = None, headers: dict | None = None):
-    """(status, headers, body) of a request (a JSON POST when `payload` is given); errors included."""
+    """(status, headers, body) of a request (a JSON POST when `payload` is given) as the owner OWNER
+    (a header of None leaves it out); errors included."""
     data = None if payload is None else json.dumps(payload).encode()
+    every = {"Content-Type": "application/json", "X-Owner-Token": OWNER, **(headers or {})}
     req = urllib.request.Request(
-        url, data=data, method=method, headers={"Content-Type": "application/json", **(headers or {})}
+        url, data=data, method=method, headers={k: v for k, v in every.items() if v is not None}
     )
     try:
         with urllib.request.urlopen(req, timeout=120) as response:
@@ -216,7 +220,8 @@ def test_preview_is_404_before_the_first_step_and_an_unknown_id_is_404(live: Liv
 def test_the_event_stream_yields_increasing_steps_and_ends(live: Live, slow) -> None:
     job_id = submit(live, steps=5)
     events = []
-    with urllib.request.urlopen(f"{live.url}/jobs/{job_id}/events", timeout=60) as stream:
+    request = urllib.request.Request(f"{live.url}/jobs/{job_id}/events", headers={"X-Owner-Token": OWNER})
+    with urllib.request.urlopen(request, timeout=60) as stream:
         assert stream.headers["Content-Type"].startswith("text/event-stream")
         kind = None
         for line in stream:  # ends when the server closes the stream after the last state
@@ -261,15 +266,16 @@ def test_a_sync_generate_whose_client_leaves_is_cancelled(live: Live, slow) -> N
     body = json.dumps({"prompt": "a dog", "steps": 50}).encode()
     sock = socket.create_connection(("127.0.0.1", live.server.effective_port))
     sock.sendall(
-        b"POST /generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"POST /generate HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Owner-Token: {OWNER}\r\n".encode()
+        + b"Content-Type: application/json\r\n"
         + f"Content-Length: {len(body)}\r\n\r\n".encode()
         + body
     )
-    running = wait_for(lambda: (r := get_json(f"{live.url}/healthz")["running_job"]) and r["step"] >= 1 and r)
+    running = wait_for(lambda: [j for j in live.queue.owned(owner_hash(OWNER)) if j.step >= 1 and j.state == "running"])
     sock.close()
-    job = final(live, running["id"])
+    job = final(live, running[0].id)
     assert job["state"] == "cancelled" and job["step"] < 50
-    assert get_json(f"{live.url}/healthz")["running_job"] is None
+    assert get_json(f"{live.url}/healthz")["running"] is None
 
 
 def test_a_render_that_raises_fails_its_job_and_the_worker_serves_the_next(live: Live, caplog) -> None:
@@ -307,11 +313,10 @@ def test_healthz_tells_the_truth(model, app_cfg, hook, slow) -> None:
         assert status == 503 and health["model_loaded"] is False and health["status"] == "loading"
         server.app.extensions["ldm_attach"](model)
         job_id = submit(server, steps=20)
-        running = wait_for(
-            lambda: (h := get_json(f"{server.url}/healthz"))["running_job"] and h["running_job"]["step"] and h
-        )
+        running = wait_for(lambda: (h := get_json(f"{server.url}/healthz"))["running"] and h["running"]["step"] and h)
         assert running["model_loaded"] is True and running["status"] == "ok"
-        assert running["running_job"]["id"] == job_id and 1 <= running["running_job"]["step"] <= 20
+        assert 1 <= running["running"]["step"] <= 20 and running["running"]["steps"] == 20
+        assert job_id not in json.dumps(running) and "a red circle" not in json.dumps(running)  # counts only
         other = submit(server, steps=2)
         assert get_json(f"{server.url}/healthz")["queue_length"] == 1
         final(server, job_id), final(server, other)
@@ -386,7 +391,7 @@ def test_app_py_serves_with_waitress_and_healthz_reports_the_load(cache_dir: Pat
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     command = [sys.executable, "app.py", "model=tiny", f"port={port}", "threads=1",
-               f"paths.cache_dir={cache_dir}", f"hydra.run.dir={tmp_path}"]  # fmt: skip
+               f"paths.cache_dir={cache_dir}", f"hydra.run.dir={tmp_path}", f"out_dir={tmp_path}/images"]  # fmt: skip
     log = (tmp_path / "app.out").open("w")
     process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
