@@ -19,31 +19,25 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
 
-from ldm.generation.checkpoints import build_model
-from ldm.generation.loading import prepare_for_inference
 from ldm.generation.output import METADATA_KEYS
-from ldm.serving.app import app_from_config
 from ldm.serving.owners import owner_hash
-from ldm.serving.server import make_waitress
 from tests.conftest import compose_config
-
-REPO = Path(__file__).resolve().parents[1]
-OWNER = "tests-owner-token-0001"  # the X-Owner-Token this module's requests carry unless told otherwise
-
-
-class StepHook:
-    """Called by the worker at each step: sleeps `delay` s; raises for the prompt `fail`."""
-
-    def __init__(self) -> None:
-        self.delay, self.fail = 0.0, "boom"
-
-    def __call__(self, job) -> None:
-        time.sleep(self.delay)
-        if job.settings.prompts[0] == self.fail:
-            raise RuntimeError("a render that breaks")
+from tests.live_app import (
+    OWNER,
+    REPO,
+    Live,
+    StepHook,
+    fetch,
+    fetch_or_none,
+    final,
+    get_json,
+    make_app,
+    submit,
+    tiny_model,
+    wait_for,
+)
 
 
 @pytest.fixture(scope="module")
@@ -53,27 +47,7 @@ def app_cfg(cache_dir: Path):
 
 @pytest.fixture(scope="module")
 def model(app_cfg):
-    module = build_model(app_cfg.model)
-    prepare_for_inference(module, torch.device("cpu"), app_cfg.attention_slicing)
-    return module
-
-
-def make_app(model, cfg, **changes):
-    return app_from_config(cfg, model, **changes)
-
-
-class Live:
-    """An app served by waitress on a free loopback port."""
-
-    def __init__(self, app) -> None:
-        self.app, self.queue = app, app.extensions["ldm_queue"]
-        self.server = make_waitress(app, "127.0.0.1", 0, threads=30)
-        self.url = f"http://127.0.0.1:{self.server.effective_port}"
-        threading.Thread(target=self.server.run, daemon=True).start()
-
-    def close(self) -> None:
-        self.queue.close()
-        self.server.close()
+    return tiny_model(app_cfg)
 
 
 @pytest.fixture(scope="module")
@@ -93,46 +67,6 @@ def slow(hook) -> Iterator[StepHook]:
     hook.delay = 0.1
     yield hook
     hook.delay = 0.0
-
-
-def fetch(url: str, payload: dict | None = None, method: str | None = None, headers: dict | None = None):
-    """(status, headers, body) of a request (a JSON POST when `payload` is given) as the owner OWNER
-    (a header of None leaves it out); errors included."""
-    data = None if payload is None else json.dumps(payload).encode()
-    every = {"Content-Type": "application/json", "X-Owner-Token": OWNER, **(headers or {})}
-    req = urllib.request.Request(
-        url, data=data, method=method, headers={k: v for k, v in every.items() if v is not None}
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=120) as response:
-            return response.status, dict(response.headers), response.read()
-    except urllib.error.HTTPError as err:
-        return err.code, dict(err.headers), err.read()
-
-
-def get_json(url: str) -> dict:
-    return json.loads(fetch(url)[2])
-
-
-def submit(live: Live, **fields) -> str:
-    status, _, body = fetch(f"{live.url}/jobs", {"prompt": "a red circle", "steps": 4, **fields})
-    assert status == 202, body
-    return json.loads(body)["id"]
-
-
-def wait_for(predicate, timeout: float = 60, every: float = 0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(every)
-    raise AssertionError("timed out")
-
-
-def final(live: Live, job_id: str) -> dict:
-    return wait_for(
-        lambda: (j := get_json(f"{live.url}/jobs/{job_id}"))["state"] in ("done", "failed", "cancelled") and j
-    )
 
 
 # --- the page and the sync route -------------------------------------------------------------------------
@@ -405,10 +339,3 @@ def test_app_py_serves_with_waitress_and_healthz_reports_the_load(cache_dir: Pat
         process.wait(timeout=30)
         log.close()
     assert "waitress" in (tmp_path / "app.out").read_text()
-
-
-def fetch_or_none(url: str):
-    try:
-        return fetch(url)
-    except OSError:
-        return None
