@@ -83,6 +83,8 @@ def test_index_has_the_form_progress_preview_cancel_and_history(live: Live) -> N
     ):
         assert element in page
     assert ">Generate</button>" in page and 'max="50"' in page and "EventSource" in page
+    for side in ("width", "height"):  # with the limits of conf/app.yaml
+        assert f'id="{side}" name="{side}" type="number" step="8" min="64" max="768"' in page
 
 
 def test_the_response_header_shows_the_production_server(live: Live) -> None:
@@ -111,6 +113,7 @@ def test_sync_generate_returns_a_png_with_the_seed(live: Live) -> None:
         ({"prompt": "a", "seed": -1}, "seed=-1"),
         ({"prompt": "a", "scheduler": "lms"}, "scheduler='lms'"),
         ({"prompt": ["a", "b"]}, "prompt must be a string"),
+        ({"prompt": "a", "step": 5, "colour": "red"}, "unknown fields 'step', 'colour': expected only prompt,"),
     ],
 )
 def test_bad_input_is_a_400_with_the_reason(live: Live, fields: dict, reason: str) -> None:
