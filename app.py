@@ -19,8 +19,8 @@ from omegaconf import DictConfig
 from ldm.config import register_resolvers
 from ldm.errors import UserError
 from ldm.generation.loading import base_chosen_on_command_line, load_for_inference
-from ldm.serving.app import app_from_config
 from ldm.serving.auth import check_exposure
+from ldm.serving.configure import app_from_config
 from ldm.serving.server import check_server, serve
 
 register_resolvers()

@@ -17,7 +17,7 @@ import torch
 
 from ldm.generation.checkpoints import build_model
 from ldm.generation.loading import prepare_for_inference
-from ldm.serving.app import app_from_config
+from ldm.serving.configure import app_from_config
 from ldm.serving.server import make_waitress
 
 REPO = Path(__file__).resolve().parents[1]

@@ -16,7 +16,7 @@ import torch
 
 from ldm.generation.checkpoints import build_model
 from ldm.generation.loading import prepare_for_inference
-from ldm.serving.app import app_from_config
+from ldm.serving.configure import app_from_config
 from ldm.serving.server import make_waitress
 from tests.conftest import compose_config
 

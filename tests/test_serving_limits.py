@@ -14,8 +14,8 @@ import pytest
 
 from ldm.errors import ConfigError
 from ldm.generation.settings import SampleSettings
+from ldm.serving.estimates import guided_fraction
 from ldm.serving.server import check_server
-from ldm.serving.worker import guided_fraction
 from tests.conftest import compose_config
 from tests.live_app import OWNER, Live, StepHook, fetch, final, get_json, make_app, submit, tiny_model, wait_for
 

@@ -17,9 +17,8 @@ from dataclasses import replace
 from typing import Any
 
 from flask import Flask, Response, jsonify, render_template, request
-from omegaconf import DictConfig, OmegaConf
 
-from ldm.errors import ConfigError, SamplingError, expect, is_int
+from ldm.errors import SamplingError
 from ldm.generation.pipeline import generate, native_size
 from ldm.generation.preview import latent_preview_for
 from ldm.generation.progress import OnStep, step_callback
@@ -44,42 +43,6 @@ KEEPALIVE_S = 15  # an SSE comment this often keeps proxies from closing a quiet
 
 class UnknownJob(Exception):
     """An id the app does not know for this client (never given, someone else's, or forgotten)."""
-
-
-def app_from_config(cfg: DictConfig, model: TextEncoderFineTuner | None = None, **overrides: object) -> Flask:
-    """The app conf/app.yaml describes (`overrides`: a test's hooks and bounds), its values checked first."""
-    limits = OmegaConf.to_container(cfg.limits, resolve=True)
-    max_seconds = limits.pop("max_seconds", None)
-    streams = limits.pop("streams")
-    counts = {"queue_size": 1, "preview_every": 0, "jobs.keep_count": 0, "max_request_bytes": 1, "limits.streams": 1}
-    for key, low in counts.items():
-        value = OmegaConf.select(cfg, key)
-        expect(is_int(value) and value >= low, key, value, f"an integer ≥ {low}", ConfigError)
-    for key in ("jobs.keep_s", "jobs.prune_every_s"):
-        value = OmegaConf.select(cfg, key)
-        expect(isinstance(value, int | float) and value > 0, key, value, "seconds > 0", ConfigError)
-    ok = max_seconds is None or (isinstance(max_seconds, int | float) and max_seconds > 0)
-    expect(ok, "limits.max_seconds", max_seconds, "null (no bound) or seconds > 0")
-    hosts = OmegaConf.to_container(cfg.allowed_hosts, resolve=True)
-    names_ok = isinstance(hosts, list) and all(isinstance(h, str) for h in hosts)
-    expect(names_ok, "allowed_hosts", hosts, "a list of host names such as [myhost.lan, '192.168.1.5:5000']")
-    options = {
-        "queue_size": cfg.queue_size,
-        "retry_after": cfg.retry_after,
-        "checkpoint": cfg.checkpoint,
-        "max_seconds": max_seconds,
-        "preview_every": cfg.preview_every,
-        "keep_s": cfg.jobs.keep_s,
-        "keep_count": cfg.jobs.keep_count,
-        "prune_every_s": cfg.jobs.prune_every_s,
-        "max_request_bytes": cfg.max_request_bytes,
-        "streams": streams,
-        "hosts": HostAllowList(cfg.host, cfg.port, hosts),
-        "token": cfg.auth.token,
-        "out_dir": cfg.out_dir if cfg.keep_images else None,
-    }
-    defaults = SampleSettings.from_config(cfg, prompts=(), num_images=1, batch_size=1)
-    return create_app(model, defaults, Limits(**limits), **{**options, **overrides})
 
 
 def create_app(

@@ -3,8 +3,7 @@
 Why one worker: a diffusers pipeline is not thread-safe (diffusers #1606) and a CPU renders one image at a
 time anyway, so jobs wait in line, and once `size` wait, new ones get 503 + Retry-After.
 
-Why a timer prunes: finished jobs hold their PNG in memory; pruning only when someone submits or reads
-would let an idle server keep them for ever, so a thread forgets them every `prune_every_s`.
+Why a timer prunes: finished jobs hold their PNG; an idle server must forget them too (`prune_every_s`).
 
 Why a cancel raises from the step callback instead of only setting the pipeline's `interrupt` flag: in
 diffusers 0.42 the flag makes `StableDiffusionPipeline.__call__` skip the remaining steps and then still
@@ -31,6 +30,7 @@ from ldm.generation.output import png_bytes
 from ldm.generation.preview import LatentPreview
 from ldm.generation.progress import OnStep
 from ldm.generation.settings import SampleSettings
+from ldm.serving.estimates import step_units
 from ldm.serving.jobs import CANCELLED, DONE, FAILED, FINAL, QUEUED, RUNNING, Cancelled, Job, QueueFull
 
 log = logging.getLogger(__name__)
@@ -78,8 +78,7 @@ class RenderQueue:
         self._thread.start()
 
     @property
-    def native_size(self) -> int:
-        """The model's own image size (what height/width null render)."""
+    def native_size(self) -> int:  # the model's own image size (what height/width null render)
         return self._native
 
     @property
@@ -173,11 +172,7 @@ class RenderQueue:
 
     # --- inside the lock --------------------------------------------------------------------------------
     def _units(self, settings: SampleSettings) -> float:
-        """A step's mean work relative to one 512x512 U-Net call: pixels x (1 + the fraction of steps guided),
-        since a guided step runs the U-Net on two latents and an unguided one (outside `guidance_interval`)
-        on one."""
-        pixels = (settings.height or self._native) * (settings.width or self._native)
-        return pixels / 512**2 * (1 + guided_fraction(settings))
+        return step_units(settings, self._native)
 
     def _estimate(self, settings: SampleSettings) -> float | None:
         if self._rate is None:
@@ -303,12 +298,3 @@ class RenderQueue:
             self._refresh()
             job.record("state")
             self._lock.notify_all()
-
-
-def guided_fraction(settings: SampleSettings) -> float:
-    """The fraction of steps that run classifier-free guidance: step i of N is guided when
-    start ≤ i/N < end (ldm/generation/guidance.py), none when guidance_scale ≤ 1."""
-    if settings.guidance_scale <= 1:
-        return 0.0
-    start, end = settings.guidance_interval
-    return sum(start <= i / settings.steps < end for i in range(settings.steps)) / settings.steps
