@@ -19,59 +19,35 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
 
-from ldm.generation.checkpoints import build_model
-from ldm.generation.loading import prepare_for_inference
 from ldm.generation.output import METADATA_KEYS
-from ldm.serving.app import app_from_config
-from ldm.serving.server import make_waitress
+from ldm.serving.owners import owner_hash
 from tests.conftest import compose_config
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-class StepHook:
-    """Called by the worker at each step: sleeps `delay` s; raises for the prompt `fail`."""
-
-    def __init__(self) -> None:
-        self.delay, self.fail = 0.0, "boom"
-
-    def __call__(self, job) -> None:
-        time.sleep(self.delay)
-        if job.settings.prompts[0] == self.fail:
-            raise RuntimeError("a render that breaks")
+from tests.live_app import (
+    OWNER,
+    REPO,
+    Live,
+    StepHook,
+    fetch,
+    fetch_or_none,
+    final,
+    get_json,
+    make_app,
+    submit,
+    tiny_model,
+    wait_for,
+)
 
 
 @pytest.fixture(scope="module")
 def app_cfg(cache_dir: Path):
-    return compose_config("app", ["model=tiny", f"paths.cache_dir={cache_dir}"])
+    return compose_config("app", ["model=tiny", f"paths.cache_dir={cache_dir}", "keep_images=false"])
 
 
 @pytest.fixture(scope="module")
 def model(app_cfg):
-    module = build_model(app_cfg.model)
-    prepare_for_inference(module, torch.device("cpu"), app_cfg.attention_slicing)
-    return module
-
-
-def make_app(model, cfg, **changes):
-    return app_from_config(cfg, model, **changes)
-
-
-class Live:
-    """An app served by waitress on a free loopback port."""
-
-    def __init__(self, app) -> None:
-        self.app, self.queue = app, app.extensions["ldm_queue"]
-        self.server = make_waitress(app, "127.0.0.1", 0, threads=30)
-        self.url = f"http://127.0.0.1:{self.server.effective_port}"
-        threading.Thread(target=self.server.run, daemon=True).start()
-
-    def close(self) -> None:
-        self.queue.close()
-        self.server.close()
+    return tiny_model(app_cfg)
 
 
 @pytest.fixture(scope="module")
@@ -93,44 +69,6 @@ def slow(hook) -> Iterator[StepHook]:
     hook.delay = 0.0
 
 
-def fetch(url: str, payload: dict | None = None, method: str | None = None, headers: dict | None = None):
-    """(status, headers, body) of a request (a JSON POST when `payload` is given); errors included."""
-    data = None if payload is None else json.dumps(payload).encode()
-    req = urllib.request.Request(
-        url, data=data, method=method, headers={"Content-Type": "application/json", **(headers or {})}
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=120) as response:
-            return response.status, dict(response.headers), response.read()
-    except urllib.error.HTTPError as err:
-        return err.code, dict(err.headers), err.read()
-
-
-def get_json(url: str) -> dict:
-    return json.loads(fetch(url)[2])
-
-
-def submit(live: Live, **fields) -> str:
-    status, _, body = fetch(f"{live.url}/jobs", {"prompt": "a red circle", "steps": 4, **fields})
-    assert status == 202, body
-    return json.loads(body)["id"]
-
-
-def wait_for(predicate, timeout: float = 60, every: float = 0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(every)
-    raise AssertionError("timed out")
-
-
-def final(live: Live, job_id: str) -> dict:
-    return wait_for(
-        lambda: (j := get_json(f"{live.url}/jobs/{job_id}"))["state"] in ("done", "failed", "cancelled") and j
-    )
-
-
 # --- the page and the sync route -------------------------------------------------------------------------
 def test_index_has_the_form_progress_preview_cancel_and_history(live: Live) -> None:
     page = fetch(live.url)[2].decode()
@@ -145,6 +83,8 @@ def test_index_has_the_form_progress_preview_cancel_and_history(live: Live) -> N
     ):
         assert element in page
     assert ">Generate</button>" in page and 'max="50"' in page and "EventSource" in page
+    for side in ("width", "height"):  # with the limits of conf/app.yaml
+        assert f'id="{side}" name="{side}" type="number" step="8" min="64" max="768"' in page
 
 
 def test_the_response_header_shows_the_production_server(live: Live) -> None:
@@ -173,6 +113,7 @@ def test_sync_generate_returns_a_png_with_the_seed(live: Live) -> None:
         ({"prompt": "a", "seed": -1}, "seed=-1"),
         ({"prompt": "a", "scheduler": "lms"}, "scheduler='lms'"),
         ({"prompt": ["a", "b"]}, "prompt must be a string"),
+        ({"prompt": "a", "step": 5, "colour": "red"}, "unknown fields 'step', 'colour': expected only prompt,"),
     ],
 )
 def test_bad_input_is_a_400_with_the_reason(live: Live, fields: dict, reason: str) -> None:
@@ -216,7 +157,8 @@ def test_preview_is_404_before_the_first_step_and_an_unknown_id_is_404(live: Liv
 def test_the_event_stream_yields_increasing_steps_and_ends(live: Live, slow) -> None:
     job_id = submit(live, steps=5)
     events = []
-    with urllib.request.urlopen(f"{live.url}/jobs/{job_id}/events", timeout=60) as stream:
+    request = urllib.request.Request(f"{live.url}/jobs/{job_id}/events", headers={"X-Owner-Token": OWNER})
+    with urllib.request.urlopen(request, timeout=60) as stream:
         assert stream.headers["Content-Type"].startswith("text/event-stream")
         kind = None
         for line in stream:  # ends when the server closes the stream after the last state
@@ -261,15 +203,16 @@ def test_a_sync_generate_whose_client_leaves_is_cancelled(live: Live, slow) -> N
     body = json.dumps({"prompt": "a dog", "steps": 50}).encode()
     sock = socket.create_connection(("127.0.0.1", live.server.effective_port))
     sock.sendall(
-        b"POST /generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"POST /generate HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Owner-Token: {OWNER}\r\n".encode()
+        + b"Content-Type: application/json\r\n"
         + f"Content-Length: {len(body)}\r\n\r\n".encode()
         + body
     )
-    running = wait_for(lambda: (r := get_json(f"{live.url}/healthz")["running_job"]) and r["step"] >= 1 and r)
+    running = wait_for(lambda: [j for j in live.queue.owned(owner_hash(OWNER)) if j.step >= 1 and j.state == "running"])
     sock.close()
-    job = final(live, running["id"])
+    job = final(live, running[0].id)
     assert job["state"] == "cancelled" and job["step"] < 50
-    assert get_json(f"{live.url}/healthz")["running_job"] is None
+    assert get_json(f"{live.url}/healthz")["running"] is None
 
 
 def test_a_render_that_raises_fails_its_job_and_the_worker_serves_the_next(live: Live, caplog) -> None:
@@ -307,11 +250,10 @@ def test_healthz_tells_the_truth(model, app_cfg, hook, slow) -> None:
         assert status == 503 and health["model_loaded"] is False and health["status"] == "loading"
         server.app.extensions["ldm_attach"](model)
         job_id = submit(server, steps=20)
-        running = wait_for(
-            lambda: (h := get_json(f"{server.url}/healthz"))["running_job"] and h["running_job"]["step"] and h
-        )
+        running = wait_for(lambda: (h := get_json(f"{server.url}/healthz"))["running"] and h["running"]["step"] and h)
         assert running["model_loaded"] is True and running["status"] == "ok"
-        assert running["running_job"]["id"] == job_id and 1 <= running["running_job"]["step"] <= 20
+        assert 1 <= running["running"]["step"] <= 20 and running["running"]["steps"] == 20
+        assert job_id not in json.dumps(running) and "a red circle" not in json.dumps(running)  # counts only
         other = submit(server, steps=2)
         assert get_json(f"{server.url}/healthz")["queue_length"] == 1
         final(server, job_id), final(server, other)
@@ -386,7 +328,7 @@ def test_app_py_serves_with_waitress_and_healthz_reports_the_load(cache_dir: Pat
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     command = [sys.executable, "app.py", "model=tiny", f"port={port}", "threads=1",
-               f"paths.cache_dir={cache_dir}", f"hydra.run.dir={tmp_path}"]  # fmt: skip
+               f"paths.cache_dir={cache_dir}", f"hydra.run.dir={tmp_path}", f"out_dir={tmp_path}/images"]  # fmt: skip
     log = (tmp_path / "app.out").open("w")
     process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -400,10 +342,3 @@ def test_app_py_serves_with_waitress_and_healthz_reports_the_load(cache_dir: Pat
         process.wait(timeout=30)
         log.close()
     assert "waitress" in (tmp_path / "app.out").read_text()
-
-
-def fetch_or_none(url: str):
-    try:
-        return fetch(url)
-    except OSError:
-        return None

@@ -282,3 +282,19 @@ def test_sample_cpu_refuses_a_speed_up_whose_guided_steps_were_not_timed() -> No
     )
     assert report.splitlines()[-1].startswith("speed-up of sample.py's default over the baseline: not measured")
     assert "not measured: no full step timed (add --variants ours-full)" in report
+
+
+def test_serving_load_smoke_reports_every_figure_and_meets_its_bars(cache_dir: Path, tmp_path: Path) -> None:
+    result = run_benchmark("serving_load.py", cache_dir, "--out-dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    written = json.loads((tmp_path / "serving_load.json").read_text())
+    assert written["command"].startswith("python benchmarks/serving_load.py --smoke") and written["date"]
+    results = written["results"]
+    assert results["statuses"].get("202", 0) > 0 and results["healthz_ms"]["samples"] > 10
+    assert not any(int(status) >= 500 and status != "503" for status in results["statuses"])
+    assert results["largest_queue_length"] <= results["queue_size"]
+    assert set(results["rss_mib"]) == {"10", "30"}
+    assert results["rss_growth_mib"] == pytest.approx(results["rss_mib"]["30"] - results["rss_mib"]["10"])
+    report = (tmp_path / "serving_load.md").read_text()
+    for figure in ("5xx answers other than 503", "/healthz p99", "largest queue_length", "RSS growth", "lscpu"):
+        assert figure in report

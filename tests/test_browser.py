@@ -16,7 +16,7 @@ import torch
 
 from ldm.generation.checkpoints import build_model
 from ldm.generation.loading import prepare_for_inference
-from ldm.serving.app import app_from_config
+from ldm.serving.configure import app_from_config
 from ldm.serving.server import make_waitress
 from tests.conftest import compose_config
 
@@ -48,7 +48,7 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def app_url(cache_dir: Path) -> Iterator[str]:
-    cfg = compose_config("app", ["model=tiny", f"paths.cache_dir={cache_dir}"])
+    cfg = compose_config("app", ["model=tiny", f"paths.cache_dir={cache_dir}", "keep_images=false"])
     model = build_model(cfg.model)
     prepare_for_inference(model, torch.device("cpu"), "off")
     app = app_from_config(cfg, model, step_hook=lambda job: time.sleep(0.15))
@@ -60,14 +60,19 @@ def app_url(cache_dir: Path) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def page(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+def playwright() -> Iterator:
+    with sync_api.sync_playwright() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def page(playwright, tmp_path_factory: pytest.TempPathFactory) -> Iterator:
     profile = tmp_path_factory.mktemp("chromium-profile")
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch_persistent_context(
-            str(profile), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
-        )
-        yield browser.pages[0] if browser.pages else browser.new_page()
-        browser.close()
+    browser = playwright.chromium.launch_persistent_context(
+        str(profile), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+    )
+    yield browser.pages[0] if browser.pages else browser.new_page()
+    browser.close()
 
 
 def bar_value(page) -> int:
@@ -129,3 +134,34 @@ def test_without_event_source_the_page_polls(page, app_url: str) -> None:
         sync_api.expect(polling.locator("#status")).to_contain_text("Done: step 4/4")
     finally:
         polling.close()
+
+
+def test_a_second_browser_context_cannot_see_or_cancel_the_first_ones_job(playwright, app_url: str) -> None:
+    browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+    try:
+        first, second = browser.new_context().new_page(), browser.new_context().new_page()  # two cookie jars
+        first.goto(app_url)
+        first.fill("#prompt", "my private prompt")
+        first.fill("#steps", "40")
+        first.click("#generate")
+        sync_api.expect(first.locator("#status")).to_contain_text("Step ", timeout=30_000)
+        job_id = first.evaluate("fetch('/jobs').then(r => r.json()).then(b => b.jobs[0].id)")
+        second.goto(app_url)
+        seen = second.evaluate(
+            """async (id) => ({
+                status: (await fetch(`/jobs/${id}`)).status,
+                events: (await fetch(`/jobs/${id}/events`)).status,
+                image: (await fetch(`/jobs/${id}/image.png`)).status,
+                cancel: (await fetch(`/jobs/${id}`, {method: "DELETE"})).status,
+                list: (await (await fetch('/jobs')).json()).jobs,
+            })""",
+            job_id,
+        )
+        assert seen == {"status": 404, "events": 404, "image": 404, "cancel": 404, "list": []}
+        assert "my private prompt" not in second.content()
+        state = first.evaluate("(id) => fetch(`/jobs/${id}`).then(r => r.json()).then(j => j.state)", job_id)
+        assert state == "running"  # the second context's DELETE did nothing
+        first.click("#cancel")
+        sync_api.expect(first.locator("#status")).to_contain_text("cancelled", timeout=30_000)
+    finally:
+        browser.close()

@@ -16,6 +16,7 @@ from ldm.generation.settings import SampleSettings
 INT_FIELDS = ("steps", "seed", "height", "width")
 FLOAT_FIELDS = ("guidance_scale",)
 TEXT_FIELDS = ("prompt", "negative_prompt", "scheduler")
+FIELDS = TEXT_FIELDS + INT_FIELDS + FLOAT_FIELDS
 
 
 def _number(name: str, value: Any, kind: type) -> int | float | None:
@@ -41,6 +42,12 @@ def parse_request(fields: Any, defaults: SampleSettings) -> SampleSettings:
     """Form or JSON fields over the configured defaults -> settings (not yet range-checked)."""
     if not isinstance(fields, dict):
         raise SamplingError("expected a form or a JSON object with at least 'prompt'")
+    unknown = [name for name in fields if name not in FIELDS]
+    if unknown:  # a misspelt field (e.g. "step") would otherwise render with the default, silently
+        raise SamplingError(
+            f"unknown field{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}: "
+            f"expected only {', '.join(FIELDS)}"
+        )
     changes: dict[str, Any] = {}
     for name in TEXT_FIELDS:
         value = fields.get(name)

@@ -31,7 +31,8 @@ class Job:
     """Mutated only under the queue's lock; `snapshot()` is what the API returns."""
 
     settings: SampleSettings
-    id: str = field(default_factory=lambda: secrets.token_urlsafe(9))
+    owner: str = ""  # the hash of the owner token of the client that submitted it (owners.py)
+    id: str = field(default_factory=lambda: secrets.token_urlsafe(16))  # 128 random bits: not guessable
     state: str = QUEUED
     position: int = 0  # 1 = next to run; 0 once it runs or ends
     step: int = 0

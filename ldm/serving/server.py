@@ -29,13 +29,21 @@ def make_waitress(app: Flask, host: str, port: int, threads: int) -> Any:
     return create_server(app, host=host, port=port, threads=threads, channel_request_lookahead=1, ident="waitress")
 
 
-def check_server(server: str, threads: int) -> None:
+SPARE_THREADS = 2  # for /healthz, job status and the page while every stream and sync request is open
+
+
+def check_server(server: str, threads: int, streams: int = 0, queue_size: int = 0) -> None:
+    """The server is known, and its threads cover the long requests (every open stream, and a sync request
+    for each job the queue can hold) with spares left for short ones."""
     expect(server in SERVERS, "server", server, f"one of {', '.join(SERVERS)}", ConfigError)
+    needed = streams + queue_size + 1 + SPARE_THREADS
     expect(
-        is_int(threads) and threads >= 2,
+        is_int(threads) and threads >= max(needed, 2),
         "server_threads",
         threads,
-        "an integer ≥ 2 (each open progress stream holds one)",
+        f"an integer ≥ {needed} (limits.streams={streams} + queue_size={queue_size} + 1 running job + "
+        f"{SPARE_THREADS} spares for /healthz and job status)",
+        ConfigError,
     )
 
 
@@ -45,7 +53,6 @@ def serve(app: Flask, host: str, port: int, server: str, threads: int, load: Cal
     Why listen first: loading SD1.5 takes a while, and /healthz can say `model_loaded: false` meanwhile.
     An error in `load()` closes the server and propagates (the entry point prints it).
     """
-    check_server(server, threads)
     if server == "dev":
         from werkzeug.serving import make_server
 

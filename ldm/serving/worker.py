@@ -3,6 +3,8 @@
 Why one worker: a diffusers pipeline is not thread-safe (diffusers #1606) and a CPU renders one image at a
 time anyway, so jobs wait in line, and once `size` wait, new ones get 503 + Retry-After.
 
+Why a timer prunes: finished jobs hold their PNG; an idle server must forget them too (`prune_every_s`).
+
 Why a cancel raises from the step callback instead of only setting the pipeline's `interrupt` flag: in
 diffusers 0.42 the flag makes `StableDiffusionPipeline.__call__` skip the remaining steps and then still
 VAE-decode the latents, 15-33 s at 512 px on a CPU (benchmarks/results/generation_full-2026-11-27.md),
@@ -28,6 +30,7 @@ from ldm.generation.output import png_bytes
 from ldm.generation.preview import LatentPreview
 from ldm.generation.progress import OnStep
 from ldm.generation.settings import SampleSettings
+from ldm.serving.estimates import step_units
 from ldm.serving.jobs import CANCELLED, DONE, FAILED, FINAL, QUEUED, RUNNING, Cancelled, Job, QueueFull
 
 log = logging.getLogger(__name__)
@@ -44,10 +47,13 @@ class RenderQueue:
         keep_s: float = 600,
         keep_count: int = 50,
         preview_every: int = 1,
+        prune_every_s: float = 10,
         step_hook: Callable[[Job], None] | None = None,
+        on_done: Callable[[Job, bytes], None] | None = None,
     ) -> None:
         self.size, self.keep_s, self.keep_count, self.preview_every = size, keep_s, keep_count, preview_every
         self.step_hook = step_hook  # tests: a delay to watch progress, or an exception
+        self.on_done = on_done  # called with a finished job's PNG before it shows `done` (store.py persists it)
         self._lock = threading.Condition()
         self._waiting: deque[Job] = deque()
         self._jobs: dict[str, Job] = {}
@@ -58,6 +64,9 @@ class RenderQueue:
         self._native = 512
         self._closed = False
         self._thread: threading.Thread | None = None
+        self._stop_pruning = threading.Event()
+        self._pruner = threading.Thread(target=self._prune_every, args=(prune_every_s,), name="ldm-prune", daemon=True)
+        self._pruner.start()
 
     # --- set-up ---------------------------------------------------------------------------------------
     def start(self, render: Render, preview: LatentPreview, native_size: int, calibrate: SampleSettings | None) -> None:
@@ -69,11 +78,16 @@ class RenderQueue:
         self._thread.start()
 
     @property
+    def native_size(self) -> int:  # the model's own image size (what height/width null render)
+        return self._native
+
+    @property
     def model_loaded(self) -> bool:
         return self._render is not None
 
     def close(self) -> None:
         """Stop the worker after the job it is on (queued jobs are cancelled)."""
+        self._stop_pruning.set()
         with self._lock:
             self._closed = True
             for job in list(self._waiting):
@@ -83,15 +97,15 @@ class RenderQueue:
             self._thread.join(60)
 
     # --- the API's operations -------------------------------------------------------------------------
-    def submit(self, settings: SampleSettings) -> Job:
-        """Queue a job (raises `QueueFull`); a missing seed is drawn now, so the job shows it at once."""
+    def submit(self, settings: SampleSettings, owner: str = "") -> Job:
+        """Queue a job for `owner` (raises `QueueFull`); a missing seed is drawn now, so the job shows it at once."""
         if settings.seed is None:
             settings = replace(settings, seed=secrets.randbelow(2**32))
         with self._lock:
             self._prune()
             if len(self._waiting) >= self.size or self._closed:
                 raise QueueFull
-            job = Job(settings)
+            job = Job(settings, owner=owner)
             self._jobs[job.id] = job
             self._waiting.append(job)
             self._refresh()
@@ -99,19 +113,31 @@ class RenderQueue:
             self._lock.notify_all()
         return job
 
-    def get(self, job_id: str) -> Job | None:
+    def get(self, job_id: str, owner: str | None = None) -> Job | None:
+        """The job, or None when unknown, forgotten, or (with `owner`) someone else's."""
         with self._lock:
             self._prune()
             self._refresh()
-            return self._jobs.get(job_id)
+            job = self._jobs.get(job_id)
+            return job if job is not None and (owner is None or job.owner == owner) else None
 
-    def cancel(self, job_id: str) -> Job | None:
-        """A queued job leaves the queue now; a running one stops at the end of its current step."""
+    def owned(self, owner: str) -> list[Job]:
+        """`owner`'s jobs still kept, oldest first."""
+        with self._lock:
+            self._refresh()
+            return sorted((j for j in self._jobs.values() if j.owner == owner), key=lambda j: j.created)
+
+    def cancel(self, job_id: str, owner: str | None = None) -> Job | None:
+        """A queued job leaves the queue now; a running one stops at the end of its current step.
+        None when the job is unknown, forgotten or someone else's: looked up under the same lock as the
+        cancel, so a job pruned meanwhile is a None (a 404), never a crash."""
         with self._lock:
             job = self._jobs.get(job_id)
-            if job is not None and job.state == QUEUED:
+            if job is None or (owner is not None and job.owner != owner):
+                return None
+            if job.state == QUEUED:
                 self._cancel_queued(job)
-            elif job is not None and job.state == RUNNING:
+            elif job.state == RUNNING:
                 job.cancel_requested = True
             return job
 
@@ -131,6 +157,7 @@ class RenderQueue:
             return self._estimate(settings)
 
     def status(self) -> dict:
+        """Counts only: no id, prompt or owner, since anyone may read /healthz."""
         with self._lock:
             running = self._running
             return {
@@ -138,17 +165,14 @@ class RenderQueue:
                 "worker_alive": self._thread is not None and self._thread.is_alive(),
                 "queue_length": len(self._waiting),
                 "queue_size": self.size,
-                "running_job": None
-                if running is None
-                else {"id": running.id, "step": running.step, "steps": running.steps},
+                "running": None if running is None else {"step": running.step, "steps": running.steps},
+                "jobs_kept": len(self._jobs),
                 "seconds_per_step_512": None if self._rate is None else round(self._rate, 3),
             }
 
     # --- inside the lock --------------------------------------------------------------------------------
     def _units(self, settings: SampleSettings) -> float:
-        """A step's work relative to one 512x512 U-Net call: pixels x (2 with classifier-free guidance)."""
-        pixels = (settings.height or self._native) * (settings.width or self._native)
-        return pixels / 512**2 * (2 if settings.guidance_scale > 1 else 1)
+        return step_units(settings, self._native)
 
     def _estimate(self, settings: SampleSettings) -> float | None:
         if self._rate is None:
@@ -170,6 +194,14 @@ class RenderQueue:
             own = self._estimate(job.settings)
             job.eta_s = None if own is None else ahead + own
             ahead += own or 0.0
+
+    def _prune_every(self, seconds: float) -> None:
+        while not self._stop_pruning.wait(seconds):
+            with self._lock:
+                self._prune()
+                for job in self._jobs.values():  # the image (or nothing) supersedes a finished job's preview
+                    if job.state in FINAL:
+                        job.preview = None
 
     def _prune(self) -> None:
         """Forget finished jobs older than keep_s, and the oldest beyond keep_count."""
@@ -245,6 +277,8 @@ class RenderQueue:
         state, image, error = DONE, None, None
         try:
             image = png_bytes(self._render(job.settings, on_step))
+            if self.on_done is not None:
+                self.on_done(job, image)  # on disk before it shows `done`: a restart after that keeps it
         except Cancelled:
             state = CANCELLED
         except Exception as err:  # the worker lives on: the job fails, the log keeps the traceback
