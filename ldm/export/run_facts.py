@@ -47,9 +47,11 @@ def _learning_rate(trainer: L.Trainer) -> float | None:
 def run_facts(trainer: L.Trainer, module: Any) -> dict[str, Any]:
     """The JSON-ready facts of a finished fit."""
     data, examples = _data(getattr(trainer, "datamodule", None))
+    metrics = trainer.callback_metrics
     losses = {}
-    for name, value in trainer.callback_metrics.items():
-        if "loss" in name and not name.endswith("_step"):
+    for name, value in metrics.items():
+        repeated = name.endswith(("_step", "_epoch")) and name.rsplit("_", 1)[0] in metrics  # train/loss_epoch
+        if "loss" in name and not repeated:
             losses[name] = round(float(value), 6)
     preservation = getattr(module, "preservation", None)
     return {

@@ -2,9 +2,9 @@
 
 Why one reader: a user hands `checkpoint=PATH` the file or folder they have at hand, a Lightning
 `.ckpt`, `final_model/final_weights.safetensors` (an older run's `final_weights.pt`) or the exported
-`final_model/` folder, and every form records the base model it was trained on, so `checkpoint=` alone is enough to rebuild the model. A LoRA run's forms hold
-the adapter alone and rebuild the model with it; its `final_model/text_encoder/` (the merged encoder) loads
-as a full text encoder instead.
+`final_model/` folder, and every form records the base model it was trained on, so `checkpoint=` alone
+is enough to rebuild the model. A LoRA run's forms hold the adapter alone and rebuild the model with it;
+its `final_model/text_encoder/` (the merged encoder) loads as a full text encoder instead.
 """
 
 from __future__ import annotations

@@ -60,6 +60,7 @@ def atomic_write_path(path: str | os.PathLike, write: Callable[[Path], None]) ->
     tmp = Path(name)
     try:
         write(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the file from other users' tools
         fd = os.open(tmp, os.O_RDONLY)
         try:
             os.fsync(fd)
