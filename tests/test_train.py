@@ -61,7 +61,7 @@ def test_run_folder_has_light_checkpoints_events_and_export(run) -> None:
     assert len(events.Scalars("val/loss")) == 2
 
     final = out / "final_model"
-    weights = torch.load(final / "final_weights.pt", map_location="cpu", weights_only=True)
+    weights = load_file(final / "final_weights.safetensors")
     assert weights.keys() == module.trainable_state_dict().keys()
     exported = load_file(final / "text_encoder" / "model.safetensors")
     live = module.text_encoder.state_dict()

@@ -9,6 +9,7 @@ functions on the result, so a key this module gets wrong fails the export instea
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,6 +24,14 @@ UNET_RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "norm2": "out_lay
 UNET_RESNET |= {"time_emb_proj": "emb_layers.1", "conv_shortcut": "skip_connection"}
 # the inverse of update_vae_attentions_ldm_to_diffusers's renames (the mid-block attention)
 VAE_ATTENTION = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
+
+
+# diffusers' reader renames resnet internals with str.replace, which leaves a diffusers name as it is: it would
+# accept a key this module forgot to rename, and A1111 would not. So those names are looked for by hand.
+DIFFUSERS_NAMES_LEFT = re.compile(
+    rf"^{re.escape(UNET_PREFIX)}(input_blocks\.\d+\.0|output_blocks\.\d+\.0|middle_block\.[02])\."
+    rf"({'|'.join(UNET_RESNET)})\.|^{re.escape(VAE_PREFIX)}.*\.conv_shortcut\."
+)
 
 
 class LayoutError(ValueError):
@@ -140,6 +149,9 @@ def check_round_trip(
     vae_config: Mapping[str, Any],
 ) -> None:
     """Read `compvis` back with diffusers' own converters: every U-Net and VAE key and shape must come back."""
+    left = sorted(k for k in compvis if DIFFUSERS_NAMES_LEFT.search(k))
+    if left:
+        raise LayoutError(f"{len(left)} single-file keys still carry diffusers names (e.g. {left[:3]})")
     checkpoint = dict(compvis)
     for name, ours, theirs in (
         ("U-Net", unet, sfu.convert_ldm_unet_checkpoint(checkpoint, dict(unet_config))),

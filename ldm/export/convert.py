@@ -115,7 +115,7 @@ def convert(
 ) -> Path:
     """Convert `source` (a run folder or any checkpoint form) to `target`; prints one progress line per stage."""
     expect(target in TARGETS, "--to", target, f"one of {', '.join(TARGETS)}", ExportError)
-    chosen = single_file.single_file_dtype(dtype or export_defaults().single_file_dtype)
+    chosen = single_file.single_file_dtype(dtype or export_defaults().single_file_dtype, "--dtype")
     if not source.exists():
         raise ExportError(f"{str(source)!r} does not exist: expected a run folder or a checkpoint train.py wrote")
     source = resolve_source(source)

@@ -16,6 +16,7 @@ from transformers import CLIPTextModel
 
 from ldm.components import load_frozen_parts
 from ldm.export import kohya_lora, single_file
+from ldm.export.compvis_keys import LayoutError
 from ldm.export.model_card import write_model_card
 from ldm.training.adapters import ADAPTER_DIR, merged_text_encoder, save_adapter
 from ldm.training.checkpoint_io import atomic_save_safetensors
@@ -78,20 +79,19 @@ def write_tool_files(
     if reason is not None:
         log.info("no model.safetensors or text_encoder.safetensors (single-file layout): %s", reason)
     else:
-        if single:
-            unet, vae = sd_parts(module)
-            written.append(
-                single_file.write_single_file(
-                    folder / single_file.MODEL_FILE, unet, vae, encoder, dtype=dtype, base=base, title=title
-                )
-            )
+        if not single:
+            log.info("no model.safetensors: callbacks.export.single_file=false")
         else:
-            log.info("no model.safetensors: export.single_file=false")
-        written.append(
-            single_file.write_text_encoder(
-                folder / single_file.TEXT_ENCODER_FILE, encoder, dtype=dtype, base=base, title=title
-            )
-        )
+            try:
+                unet, vae = sd_parts(module)
+                path = folder / single_file.MODEL_FILE
+                written.append(
+                    single_file.write_single_file(path, unet, vae, encoder, dtype=dtype, base=base, title=title)
+                )
+            except LayoutError as err:  # e.g. a U-Net of another shape than SD1.x's (the shapes world's own)
+                log.info("no model.safetensors: %s", err)
+        path = folder / single_file.TEXT_ENCODER_FILE
+        written.append(single_file.write_text_encoder(path, encoder, dtype=dtype, base=base, title=title))
     lora_reason = kohya_lora.skip_reason(module.adapter)
     if lora_reason is None:
         path = folder / kohya_lora.LORA_FILE

@@ -25,9 +25,9 @@ MODEL_FILE = "model.safetensors"
 TEXT_ENCODER_FILE = "text_encoder.safetensors"
 
 
-def single_file_dtype(name: str) -> torch.dtype:
-    """`export.single_file_dtype` as a torch dtype, or an error naming the choices."""
-    expect(name in DTYPES, "export.single_file_dtype", name, f"one of {list(DTYPES)}")
+def single_file_dtype(name: str, key: str = "callbacks.export.single_file_dtype") -> torch.dtype:
+    """`callbacks.export.single_file_dtype` (or the CLI's `--dtype`) as a torch dtype, or an error naming them."""
+    expect(name in DTYPES, key, name, f"one of {list(DTYPES)}")
     return DTYPES[name]
 
 

@@ -40,7 +40,7 @@ def build_module(cfg: DictConfig) -> L.LightningModule:
 def build_trainer(cfg: DictConfig) -> L.Trainer:
     """Trainer with callbacks and loggers from their groups, and a precision this machine runs well."""
     precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
-    callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
+    callbacks = [instantiate_or_explain(c) for c in cfg.get("callbacks", {}).values() if c is not None]
     loggers = [instantiate(c) for c in cfg.get("logger", {}).values() if c is not None]
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, precision=precision)
 
