@@ -9,7 +9,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from ldm.config import validate_train_config
+from ldm.config import stream_runs_to_max_steps, validate_train_config
 from ldm.training.precision import resolve_precision
 from ldm.training.resume import resolve_ckpt_path
 
@@ -49,6 +49,7 @@ def train(cfg: DictConfig) -> tuple[L.Trainer, L.LightningModule]:
     """Validate, build, fit (optionally resume and test); return the trainer and the trained module."""
     cfg.ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.runs_dir)  # "last" / a run folder -> file
     validate_train_config(cfg)
+    stream_runs_to_max_steps(cfg)  # after the checks: max_steps is known to be set for a stream
     L.seed_everything(cfg.seed, workers=True)
     trainer = build_trainer(cfg)
     module = build_module(cfg)
