@@ -21,7 +21,7 @@ from ldm.config import register_resolvers
 from ldm.errors import UserError, expect
 from ldm.export import kohya_lora, single_file
 from ldm.export.final_model import INFO_FILE, plain_text_encoder, sd_parts
-from ldm.export.model_card import write_model_card
+from ldm.export.model_card import refresh_model_card
 from ldm.generation.checkpoints import build_model
 from ldm.training.module import TextEncoderFineTuner
 
@@ -125,8 +125,7 @@ def convert(
     precision = "fp32" if target in ("lora", "diffusers") else str(chosen).removeprefix("torch.")
     say(f"[2/3] converting to {target} ({precision})")
     written = write_target(model, target, out, chosen, run_info(source))
-    if (out / INFO_FILE).is_file():  # a final_model/ folder: its card lists the new file
-        write_model_card(out, json.loads((out / INFO_FILE).read_text()))
+    refresh_model_card(out)  # a final_model/ folder: its card lists the new file
     say(f"[3/3] wrote {written}")
     return written
 

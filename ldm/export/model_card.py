@@ -147,3 +147,11 @@ def write_model_card(folder: Path, info: Mapping[str, Any]) -> Path:
     path = folder / CARD_FILE
     model_card(folder, info).save(path)
     return path
+
+
+def refresh_model_card(folder: Path) -> Path | None:
+    """Rewrite the card of an exported `final_model/` (after evaluate.py wrote eval.json); None: no such folder."""
+    info_path = folder / "export.json"
+    if not info_path.is_file():
+        return None
+    return write_model_card(folder, json.loads(info_path.read_text()))
