@@ -96,7 +96,7 @@ def test_from_single_file_loads_model_safetensors_and_renders_sample_py_images(r
     pipe = from_single_file(final / "model.safetensors", cache_dir / "tiny-sd15")
     with safe_open(final / "model.safetensors", "pt") as f:
         assert f.metadata()["modelspec.architecture"] == "stable-diffusion-v1"
-        assert f.get_tensor(next(iter(f.keys()))).dtype == torch.float16  # export.single_file_dtype's default
+        assert f.get_tensor(next(iter(f.keys()))).dtype == torch.float16  # the default single_file_dtype
     trained = CLIPTextModel.from_pretrained(final / "text_encoder").state_dict()
     base = CLIPTextModel.from_pretrained(cache_dir / "tiny-sd15", subfolder="text_encoder").state_dict()
     loaded = pipe.text_encoder.state_dict()
@@ -188,14 +188,14 @@ def test_no_single_file_for_a_projected_text_tower(tmp_path: Path, cache_dir: Pa
 
 
 def test_single_file_off_and_a_bad_dtype(compose_train, tmp_path: Path) -> None:
-    train(compose_train("callbacks.export.single_file=false", "callbacks.export.single_file_dtype=fp32"))
+    train(compose_train("callbacks.tool_files.single_file=false", "callbacks.tool_files.single_file_dtype=fp32"))
     final = tmp_path / "final_model"
     assert not (final / "model.safetensors").exists()
     assert next(iter(load_file(final / "text_encoder.safetensors").values())).dtype == torch.float32
     with pytest.raises(
-        ConfigError, match=r"^callbacks\.export\.single_file_dtype='half': expected one of \['fp16', 'bf16'"
+        ConfigError, match=r"^callbacks\.tool_files\.single_file_dtype='half': expected one of \['fp16', 'bf16'"
     ):
-        train(compose_train("callbacks.export.single_file_dtype=half"))
+        train(compose_train("callbacks.tool_files.single_file_dtype=half"))
 
 
 def test_model_card_describes_the_run_and_takes_eval_json_figures(run: Path, tmp_path: Path) -> None:

@@ -34,8 +34,8 @@ class ExportError(UserError):
 
 
 def export_defaults() -> DictConfig:
-    """train.py's own `callbacks.export` settings (single_file_dtype): the YAML holds them once."""
-    return OmegaConf.load(CONF_DIR / "callbacks" / "default.yaml").export
+    """train.py's own `callbacks.tool_files` settings (single_file_dtype): the YAML holds them once."""
+    return OmegaConf.load(CONF_DIR / "callbacks" / "default.yaml").tool_files
 
 
 def resolve_source(path: Path) -> Path:
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("source", type=Path, help="a run folder, a .ckpt, final_weights.* or final_model/")
     parser.add_argument("--to", required=True, choices=TARGETS, help="the file to write")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: final_model/ or export-NAME/)")
-    parser.add_argument("--dtype", default=None, help="fp16 | bf16 | fp32 (default: callbacks.export's)")
+    parser.add_argument("--dtype", default=None, help="fp16 | bf16 | fp32 (default: callbacks.tool_files')")
     parser.add_argument("--base", default=None, help="another copy of the base model (as model.pretrained=)")
     args = parser.parse_args(argv)
     try:

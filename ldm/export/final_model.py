@@ -17,7 +17,7 @@ from transformers import CLIPTextModel
 from ldm.components import load_frozen_parts
 from ldm.export import kohya_lora, single_file
 from ldm.export.compvis_keys import LayoutError
-from ldm.export.model_card import write_model_card
+from ldm.export.model_card import refresh_model_card, write_model_card
 from ldm.training.adapters import ADAPTER_DIR, merged_text_encoder, save_adapter
 from ldm.training.checkpoint_io import atomic_save_safetensors
 from ldm.training.module import TextEncoderFineTuner
@@ -80,7 +80,7 @@ def write_tool_files(
         log.info("no model.safetensors or text_encoder.safetensors (single-file layout): %s", reason)
     else:
         if not single:
-            log.info("no model.safetensors: callbacks.export.single_file=false")
+            log.info("no model.safetensors: callbacks.tool_files.single_file=false")
         else:
             try:
                 unet, vae = sd_parts(module)
@@ -103,15 +103,8 @@ def write_tool_files(
     return written
 
 
-def export_final_model(
-    module: TextEncoderFineTuner,
-    folder: Path,
-    *,
-    run: dict[str, Any] | None = None,
-    single: bool = True,
-    dtype: torch.dtype = torch.float16,
-) -> Path:
-    """Every file of `final_model/`: weights, save_pretrained folders, the tools' files, export.json, the card.
+def export_final_model(module: TextEncoderFineTuner, folder: Path, *, run: dict[str, Any] | None = None) -> Path:
+    """This project's files of `final_model/`: weights, save_pretrained folders, export.json, the card.
 
     With an adapter, final_weights.safetensors holds the adapter alone, adapter/ is peft's folder of it, and
     text_encoder/ the merged encoder (a plain CLIPTextModel for people who don't use peft).
@@ -127,7 +120,23 @@ def export_final_model(
             part.save_pretrained(folder / name, safe_serialization=True)
     module.tokenizer.save_pretrained(folder / "tokenizer")
     info = export_info(module, run)
-    write_tool_files(module, folder, info, encoder, single=single, dtype=dtype)
     (folder / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
     write_model_card(folder, info)
     return folder
+
+
+def export_tool_files(
+    module: TextEncoderFineTuner,
+    folder: Path,
+    *,
+    run: dict[str, Any] | None = None,
+    single: bool = True,
+    dtype: torch.dtype = torch.float16,
+) -> list[Path]:
+    """The SD tools' files of `final_model/` (`write_tool_files`), then the card again, which lists them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    written = write_tool_files(
+        module, folder, export_info(module, run), plain_text_encoder(module), single=single, dtype=dtype
+    )
+    refresh_model_card(folder)
+    return written

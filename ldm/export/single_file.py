@@ -25,8 +25,8 @@ MODEL_FILE = "model.safetensors"
 TEXT_ENCODER_FILE = "text_encoder.safetensors"
 
 
-def single_file_dtype(name: str, key: str = "callbacks.export.single_file_dtype") -> torch.dtype:
-    """`callbacks.export.single_file_dtype` (or the CLI's `--dtype`) as a torch dtype, or an error naming them."""
+def single_file_dtype(name: str, key: str = "callbacks.tool_files.single_file_dtype") -> torch.dtype:
+    """`callbacks.tool_files.single_file_dtype` (or the CLI's `--dtype`) as a torch dtype, or an error naming them."""
     expect(name in DTYPES, key, name, f"one of {list(DTYPES)}")
     return DTYPES[name]
 

@@ -18,7 +18,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from ldm.data import latent_cache
-from ldm.export.final_model import export_final_model
+from ldm.export.final_model import export_final_model, export_tool_files
 from ldm.export.run_facts import run_facts
 from ldm.export.single_file import single_file_dtype as single_file_dtype_of
 from ldm.generation.output import make_grid
@@ -117,10 +117,25 @@ class LearningCheck(L.Callback):
 
 
 class ExportFinalModel(L.Callback):
-    """At the end of fit write `final_model/` (`ldm.export.final_model`): weights, folders, the tools' files, card.
+    """At the end of fit write `final_model/` (`ldm.export.final_model`): weights, folders, export.json, card."""
 
-    `single_file`/`single_file_dtype` (conf/callbacks/default.yaml `export:`): the whole-model single file costs
-    2 GB of disk for SD1.5 at fp16; the dtype is checked here, before training, not after it.
+    def __init__(self, dirpath: str) -> None:
+        self.dirpath = Path(dirpath)
+
+    @rank_zero_only
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not isinstance(pl_module, TextEncoderFineTuner) or trainer.sanity_checking:
+            return
+        export_final_model(pl_module, self.dirpath, run=run_facts(trainer, pl_module))
+
+
+class ExportToolFiles(L.Callback):
+    """After `ExportFinalModel`, the SD tools' files in `final_model/`: model.safetensors, text_encoder.safetensors
+    and, after LoRA, lora.safetensors (`ldm.export.final_model.write_tool_files`).
+
+    Why a callback of its own: the shapes world's stages replace `callbacks.export` with their own exporters,
+    which take no single-file settings. `single_file` costs 2 GB of disk for SD1.5 at fp16; the dtype is
+    checked here, before training, not after it.
     """
 
     def __init__(self, dirpath: str, single_file: bool = True, single_file_dtype: str = "fp16") -> None:
@@ -133,7 +148,7 @@ class ExportFinalModel(L.Callback):
         if not isinstance(pl_module, TextEncoderFineTuner) or trainer.sanity_checking:
             return
         run = run_facts(trainer, pl_module)
-        export_final_model(pl_module, self.dirpath, run=run, single=self.single_file, dtype=self.dtype)
+        export_tool_files(pl_module, self.dirpath, run=run, single=self.single_file, dtype=self.dtype)
 
 
 class SampleImages(L.Callback):
