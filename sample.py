@@ -2,7 +2,7 @@
 
 python sample.py prompt="A dog running on the beach at sunset"            # SD1.5 as is
 python sample.py prompt="A dog running on the beach" checkpoint=outputs/DATE/TIME/checkpoints/last.ckpt
-python sample.py prompt="..." checkpoint=outputs/DATE/TIME/final_model     # or final_model/final_weights.pt
+python sample.py prompt="..." checkpoint=outputs/DATE/TIME/final_model     # or final_model/final_weights.safetensors
 python sample.py prompt="..." checkpoint=PATH model.pretrained=/models/sd15   # another copy of the base
 python sample.py prompts_file=prompts.txt num_images=4 seed=7 steps=30 scheduler=euler_a
 python sample.py prompt='"a dog, running"'                                 # quote a prompt that has commas

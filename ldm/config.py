@@ -6,6 +6,7 @@ was expected, not surface as a shape error twenty minutes in.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -16,6 +17,7 @@ from ldm.tiny import ensure_tiny_pretrained
 
 # diffusers' schedules whose shape does not depend on num_training_steps (the others decay over it)
 LENGTH_FREE_SCHEDULES = ("constant", "constant_with_warmup", "piecewise_constant")
+log = logging.getLogger(__name__)
 
 
 def register_resolvers() -> None:
@@ -84,3 +86,25 @@ def check_run_length(cfg: DictConfig) -> None:
         f"trainer.max_steps={max_steps!r} has none: set trainer.max_steps or trainer.max_epochs to a number > 0, "
         f"or use one of {', '.join(LENGTH_FREE_SCHEDULES)}",
     )
+
+
+def stream_runs_to_max_steps(cfg: DictConfig) -> None:
+    """Streamed data with a decaying LR schedule: set `trainer.max_epochs=-1`, and say so.
+
+    Why: a stream's epoch ends when the stream does, so with `max_epochs=N` the run stops after N passes, while
+    the schedule, sized to `max_steps` (a stream has no length), is still high: cut short without a word.
+    """
+    data, trainer = cfg.data, cfg.trainer
+    streamed = data.layout == "hub" and bool(data.get("hub", {}).get("streaming"))
+    name = (cfg.get("lr_scheduler") or {}).get("name")
+    if not streamed or name in LENGTH_FREE_SCHEDULES or trainer.get("max_epochs") == -1:
+        return
+    log.warning(
+        "streamed data with lr_scheduler.name=%s: its schedule is sized to trainer.max_steps=%s, and a stream's "
+        "epoch ends when the stream does, so trainer.max_epochs=%s could stop the run before it; running to "
+        "trainer.max_steps instead (trainer.max_epochs=-1)",
+        name,
+        trainer.get("max_steps"),
+        trainer.get("max_epochs"),
+    )
+    trainer.max_epochs = -1

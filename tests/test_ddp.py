@@ -60,7 +60,7 @@ def test_two_ddp_processes_step_together_from_one_latent_cache_and_only_rank_0_w
         "last.ckpt",
     ]
     assert len(list(run_dir.glob("**/events.out.tfevents.*"))) == 1
-    assert len(list(run_dir.glob("**/final_weights.pt"))) == 1
+    assert len(list(run_dir.glob("**/final_weights.safetensors"))) == 1
     assert len(list(run_dir.glob("**/hparams.yaml"))) == 1
     assert len(list(run_dir.glob("**/.hydra"))) == 1
 

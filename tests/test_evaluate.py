@@ -143,7 +143,7 @@ def test_default_backbones_are_sd15s_own_clip_and_a_different_one() -> None:
     ("checkpoint", "expected"),
     [
         ("run/checkpoints/last.ckpt", "run"),
-        ("run/final_model/final_weights.pt", "run"),
+        ("run/final_model/final_weights.safetensors", "run"),
         ("run/final_model", "run"),
         ("elsewhere/model.ckpt", "elsewhere"),
     ],

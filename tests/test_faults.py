@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from ldm.errors import ConfigError
 from ldm.training.checkpoint_io import AtomicCheckpointIO, CheckpointLoadError, atomic_torch_save, safe_torch_load
@@ -81,7 +82,7 @@ def test_kill_9_mid_epoch_then_resume_from_last_matches_an_uninterrupted_run(tmp
     moments = expected["optimizer_states"][0]["state"]
     for index, state in moments.items():
         assert all(torch.equal(got["optimizer_states"][0]["state"][index][k], v) for k, v in state.items())
-    final = safe_torch_load(runs / "resumed" / "final_model" / "final_weights.pt")
+    final = load_file(runs / "resumed" / "final_model" / "final_weights.safetensors")
     assert all(torch.equal(final[k], v) for k, v in expected["state_dict"].items())
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from peft import PeftModel
+from safetensors.torch import load_file
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from ldm.assets import CLIP_TOKENIZER_DIR
@@ -58,10 +59,10 @@ def test_checkpoints_hold_the_adapter_alone(run) -> None:
     ckpt = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert set(ckpt["state_dict"]) == adapter_keys
     assert ckpt["ldm"]["adapter"]["rank"] == 4 and ckpt["ldm"]["adapter"]["trainable_token_ids"] == TOKENS
-    weights = torch.load(out / "final_model" / "final_weights.pt", map_location="cpu", weights_only=True)
+    weights = load_file(out / "final_model" / "final_weights.safetensors")
     assert set(weights) == adapter_keys
     full = (out / "final_model" / "text_encoder" / "model.safetensors").stat().st_size  # the whole (merged) encoder
-    assert (out / "final_model" / "final_weights.pt").stat().st_size < 0.05 * full
+    assert (out / "final_model" / "final_weights.safetensors").stat().st_size < 0.05 * full
     assert (out / "checkpoints" / "last.ckpt").stat().st_size < 0.05 * 3 * full  # vs weights + 2 Adam moments
 
 
@@ -80,7 +81,7 @@ def test_frozen_base_weights_do_not_change_and_the_adapter_does(run, cache_dir: 
     assert deltas and deltas[0].shape[0] == len(TOKENS) and deltas[0].abs().sum() > 0
 
 
-@pytest.mark.parametrize("form", ["checkpoints/last.ckpt", "final_model/final_weights.pt", "final_model"])
+@pytest.mark.parametrize("form", ["checkpoints/last.ckpt", "final_model/final_weights.safetensors", "final_model"])
 def test_save_load_gives_identical_images(run, form: str) -> None:
     out, _, module = run
     expected = images(module)

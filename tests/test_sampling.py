@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file
 
 from ldm.errors import SamplingError
 from ldm.generation.checkpoints import CheckpointError, ModelLoadError, build_model
@@ -25,7 +26,7 @@ from ldm.training.checkpoint_fit import CheckpointMismatchError
 from tests.conftest import compose_config
 
 REPO = Path(__file__).resolve().parents[1]
-FORMS = ["checkpoints/last.ckpt", "final_model/final_weights.pt", "final_model"]
+FORMS = ["checkpoints/last.ckpt", "final_model/final_weights.safetensors", "final_model"]
 
 
 def sample_config(cache_dir: Path, *overrides: str):
@@ -179,7 +180,7 @@ def test_a_projected_text_tower_conditions_through_encode_text(cfg, cache_dir: P
 # --- checkpoints ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("form", FORMS)
 def test_each_checkpoint_form_loads_the_fine_tuned_weights(tiny_run: Path, cfg, form: str) -> None:
-    trained = torch.load(tiny_run / "final_model" / "final_weights.pt", map_location="cpu", weights_only=True)
+    trained = load_file(tiny_run / "final_model" / "final_weights.safetensors")
     module = build_model(cfg.model, tiny_run / form)
     loaded = module.trainable_state_dict()
     assert set(loaded) == set(trained)
@@ -206,9 +207,9 @@ def test_wrong_checkpoints_are_clear_errors(tiny_run: Path, cfg, tmp_path: Path)
         build_model(cfg.model, tmp_path / "notes.ckpt")
     lonely = tmp_path / "lonely"
     lonely.mkdir()
-    shutil.copy(tiny_run / "final_model" / "final_weights.pt", lonely)
+    shutil.copy(tiny_run / "final_model" / "final_weights.safetensors", lonely)
     with pytest.raises(CheckpointError, match=r"no export\.json"):
-        build_model(cfg.model, lonely / "final_weights.pt")
+        build_model(cfg.model, lonely / "final_weights.safetensors")
     with pytest.raises(CheckpointError, match=r"no export\.json"):
         build_model(cfg.model, lonely)
 

@@ -115,3 +115,19 @@ def test_training_on_a_stream(compose_train, hub_folder: Path, tmp_path: Path, m
     )
     assert trainer.global_step == 3  # 10 usable rows, batch 4: an epoch ends when the stream does
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_a_stream_with_a_decaying_schedule_runs_to_max_steps(compose_train, hub_folder, tmp_path, monkeypatch, caplog):
+    """Cosine is sized to max_steps=7; with max_epochs=1 the 3-step stream would stop it at lr 0.83 of the start."""
+    _fast_datasets(monkeypatch, tmp_path)
+    cfg = compose_train(
+        "data=flickr30k", f"data.hub.name={hub_folder}", "data.generate=null", "data.resolution=64",
+        "data.batch_size=4", "data.num_workers=0", "trainer.max_epochs=1", "trainer.max_steps=7",
+        "lr_scheduler=cosine", "lr_scheduler.num_warmup_steps=0", "callbacks.export=null",
+    )  # fmt: skip
+    with caplog.at_level("WARNING", logger="ldm.config"):
+        trainer, _ = train(cfg)
+    assert trainer.global_step == 7  # three passes over the stream (3 + 3 + 1 steps)
+    group = trainer.optimizers[0].param_groups[0]
+    assert group["lr"] < 1e-3 * group["initial_lr"]  # the schedule ran to its end
+    assert "running to trainer.max_steps instead (trainer.max_epochs=-1)" in caplog.text

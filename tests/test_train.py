@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -61,7 +62,7 @@ def test_run_folder_has_light_checkpoints_events_and_export(run) -> None:
     assert len(events.Scalars("val/loss")) == 2
 
     final = out / "final_model"
-    weights = torch.load(final / "final_weights.pt", map_location="cpu", weights_only=True)
+    weights = load_file(final / "final_weights.safetensors")
     assert weights.keys() == module.trainable_state_dict().keys()
     exported = load_file(final / "text_encoder" / "model.safetensors")
     live = module.text_encoder.state_dict()
@@ -109,6 +110,26 @@ def test_checkpoint_for_another_trainable_set_or_base_is_a_clear_error(run, cach
     reloaded = TextEncoderFineTuner.load_from_checkpoint(out / "checkpoints" / "last.ckpt", map_location="cpu")
     live = module.text_encoder.state_dict()
     assert all(torch.equal(t, live[k]) for k, t in reloaded.text_encoder.state_dict().items())
+
+
+def test_a_run_moved_from_another_machine_resumes_onto_a_local_copy_of_its_base(
+    run, cache_dir: Path, tmp_path: Path, caplog
+) -> None:
+    """Its recorded base folder is not here: a local folder chosen with model.pretrained= stands in (warned);
+    the hub default is refused with the option to set, never used in its place."""
+    out, _, first, module = run
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    ckpt["ldm"]["base"] = "/another/machine/tiny-sd15"
+    torch.save(ckpt, tmp_path / "moved.ckpt")
+    hub_default = {**module.checkpoint_signature(), "base": "stable-diffusion-v1-5/stable-diffusion-v1-5"}
+    with pytest.raises(CheckpointMismatchError, match=r"not on this machine .*pass model\.pretrained=PATH"):
+        check_checkpoint_fits(ckpt, hub_default, module.trainable_state_dict())
+    copy = shutil.copytree(cache_dir / "tiny-sd15", tmp_path / "copy-of-base")
+    overrides = ["trainer.max_epochs=3", f"model.pretrained={copy}", f"ckpt_path={tmp_path / 'moved.ckpt'}"]
+    with caplog.at_level("WARNING", logger="ldm.training.checkpoint_fit"):
+        trainer, _ = train(compose_config("train", tiny_overrides(tmp_path / "resumed", cache_dir, *overrides)))
+    assert trainer.global_step == first.global_step * 3 // 2
+    assert "'/another/machine/tiny-sd15' recorded in the checkpoint is not on this machine" in caplog.text
 
 
 def _fixed_batch(module: TextEncoderFineTuner) -> dict[str, torch.Tensor]:

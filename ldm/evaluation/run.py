@@ -26,6 +26,7 @@ from ldm.evaluation.adherence import Judge, adherence, load_judge
 from ldm.evaluation.backbones import check_backbone, load_backbone
 from ldm.evaluation.held_out import HeldOut, load_held_out, pil_to_uint8
 from ldm.evaluation.report import format_table, run_folder, side_by_side, write_json
+from ldm.export.model_card import refresh_model_card
 from ldm.generation.checkpoints import build_model, read_checkpoint
 from ldm.generation.engine import install_engine
 from ldm.generation.loading import prepare_for_inference, resolve_device, set_threads
@@ -293,5 +294,6 @@ def evaluate(cfg: DictConfig, *, base_override: bool = False) -> dict[str, Any]:
     }
     out_dir = Path(cfg.out_dir) if cfg.out_dir is not None else run_folder(cfg.checkpoint)
     report["files"] = write_outputs(out_dir, report, prompts, seeds, images, min(cfg.grid_prompts, len(prompts)))
+    refresh_model_card(out_dir / "final_model")  # the run's card takes the new figures, if the run has one
     report["table"] = format_table(report)
     return report

@@ -1,10 +1,10 @@
 """Read what `train.py` writes, in any of its three forms, and build the fine-tuned model for sampling.
 
 Why one reader: a user hands `checkpoint=PATH` the file or folder they have at hand, a Lightning
-`.ckpt`, `final_model/final_weights.pt` or the exported `final_model/` folder, and every form records the
-base model it was trained on, so `checkpoint=` alone is enough to rebuild the model. A LoRA run's forms hold
-the adapter alone and rebuild the model with it; its `final_model/text_encoder/` (the merged encoder) loads
-as a full text encoder instead.
+`.ckpt`, `final_model/final_weights.safetensors` (an older run's `final_weights.pt`) or the exported
+`final_model/` folder, and every form records the base model it was trained on, so `checkpoint=` alone
+is enough to rebuild the model. A LoRA run's forms hold the adapter alone and rebuild the model with it;
+its `final_model/text_encoder/` (the merged encoder) loads as a full text encoder instead.
 """
 
 from __future__ import annotations
@@ -23,15 +23,20 @@ from transformers import CLIPTextModel
 
 from ldm.errors import UserError
 from ldm.training.checkpoint_fit import check_checkpoint_fits
-from ldm.training.checkpoint_io import CheckpointLoadError, safe_torch_load
+from ldm.training.checkpoint_io import CheckpointLoadError, load_weights_file
 from ldm.training.module import TextEncoderFineTuner
 
 ACCEPTED_FORMS = (
     "a Lightning .ckpt written by train.py (e.g. outputs/DATE/TIME/checkpoints/last.ckpt), "
-    "final_model/final_weights.pt (with export.json beside it), "
+    "final_model/final_weights.safetensors or an older final_weights.pt (with export.json beside it), "
     "or an exported final_model/ folder (export.json, text_encoder/), or a LoRA run's merged final_model/text_encoder/"
 )
 PROJECTION = "text_projection"
+WEIGHTS_FILES = (
+    "final_weights.safetensors",
+    "final_weights.pt",
+)  # the newest first; .pt: older runs, read weights-only
+TRAINED_PREFIXES = ("text_encoder.", "unet.", f"{PROJECTION}.")
 
 Form = Literal["lightning", "weights", "export", "merged"]
 
@@ -70,9 +75,9 @@ class FineTunedWeights:
 
 
 def _torch_load(path: Path) -> Any:
-    """Tensors and plain data only (`weights_only=True`): a checkpoint never runs code when read."""
+    """Tensors and plain data only (safetensors, or `weights_only=True`): a checkpoint never runs code when read."""
     try:
-        return safe_torch_load(path)
+        return load_weights_file(path)
     except CheckpointLoadError as err:
         raise CheckpointError(f"{err} Expected {ACCEPTED_FORMS}.") from None
 
@@ -120,32 +125,42 @@ def _read_file(path: Path) -> FineTunedWeights:
             str(path), "lightning", _meta(obj["ldm"]), hparams.get("prediction_type"), dict(obj["state_dict"])
         )
     if _is_tensor_dict(obj):
+        if not all(k.startswith(TRAINED_PREFIXES) for k in obj):
+            raise CheckpointError(
+                f"checkpoint={str(path)!r} holds tensors other than train.py's trained weights (e.g. "
+                f"{next(k for k in obj if not k.startswith(TRAINED_PREFIXES))!r}: a file for other tools such as "
+                f"the single-file model.safetensors); expected {ACCEPTED_FORMS}"
+            )
         info = _read_export_json(path.parent, path)
         return FineTunedWeights(str(path), "weights", _meta(info), info.get("prediction_type"), obj)
     raise CheckpointError(f"checkpoint={str(path)!r} holds neither a Lightning checkpoint nor a weights dict")
 
 
-def _read_folder(path: Path, merged: bool = False) -> FineTunedWeights:
-    """An exported folder: weights from its `save_pretrained` sub-folders (projection from final_weights.pt).
+def _weights_file(folder: Path, why: str) -> Path:
+    """The folder's final_weights file (safetensors, else an older run's .pt), or an error saying why it's needed."""
+    for name in WEIGHTS_FILES:
+        if (folder / name).is_file():
+            return folder / name
+    raise CheckpointError(f"checkpoint={str(folder)!r} {why} but has no {' or '.join(WEIGHTS_FILES)}")
 
-    A LoRA export's adapter is read from final_weights.pt; `merged` reads its merged text_encoder/ instead,
+
+def _read_folder(path: Path, merged: bool = False) -> FineTunedWeights:
+    """An exported folder: weights from its `save_pretrained` sub-folders (projection from final_weights).
+
+    A LoRA export's adapter is read from final_weights; `merged` reads its merged text_encoder/ instead,
     as a full text encoder without an adapter.
     """
     info = _read_export_json(path, path)
     meta = _meta(info)
     if meta["adapter"] is not None and not merged:
-        weights_file = path / "final_weights.pt"
-        if not weights_file.is_file():
-            raise CheckpointError(f"checkpoint={str(path)!r} was trained with an adapter but has no final_weights.pt")
+        weights_file = _weights_file(path, "was trained with an adapter")
         return FineTunedWeights(str(path), "export", meta, info.get("prediction_type"), _torch_load(weights_file))
     meta["adapter"] = None
     loaders = {"text_encoder": CLIPTextModel, "unet": UNet2DConditionModel}
     state: dict[str, torch.Tensor] = {}
     for name in meta["trainable"]:
         if name == PROJECTION:
-            weights_file = path / "final_weights.pt"
-            if not weights_file.is_file():
-                raise CheckpointError(f"checkpoint={str(path)!r} trains a text projection but has no final_weights.pt")
+            weights_file = _weights_file(path, "trains a text projection")
             weights = _torch_load(weights_file)
             state.update({k: v for k, v in weights.items() if k.startswith(f"{PROJECTION}.")})
             continue

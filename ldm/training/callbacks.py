@@ -6,7 +6,6 @@ trains (no grads reach it, or its weights are excluded from the optimizer) while
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,11 +18,12 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from ldm.data import latent_cache
+from ldm.export.final_model import export_final_model, export_tool_files
+from ldm.export.run_facts import run_facts
+from ldm.export.single_file import single_file_dtype as single_file_dtype_of
 from ldm.generation.output import make_grid
 from ldm.generation.pipeline import generate
 from ldm.generation.settings import SampleSettings, validate_settings
-from ldm.training.adapters import ADAPTER_DIR, merged_text_encoder, save_adapter
-from ldm.training.checkpoint_io import atomic_torch_save
 from ldm.training.module import TextEncoderFineTuner
 
 
@@ -117,7 +117,7 @@ class LearningCheck(L.Callback):
 
 
 class ExportFinalModel(L.Callback):
-    """At the end of fit write `final_weights.pt` and `save_pretrained` folders of what was trained."""
+    """At the end of fit write `final_model/` (`ldm.export.final_model`): weights, folders, export.json, card."""
 
     def __init__(self, dirpath: str) -> None:
         self.dirpath = Path(dirpath)
@@ -126,33 +126,29 @@ class ExportFinalModel(L.Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not isinstance(pl_module, TextEncoderFineTuner) or trainer.sanity_checking:
             return
-        export_final_model(pl_module, self.dirpath)
+        export_final_model(pl_module, self.dirpath, run=run_facts(trainer, pl_module))
 
 
-def export_final_model(module: TextEncoderFineTuner, dirpath: Path) -> Path:
-    """Export trainable weights so `StableDiffusionPipeline.from_pretrained(base, text_encoder=...)` works.
+class ExportToolFiles(L.Callback):
+    """After `ExportFinalModel`, the SD tools' files in `final_model/`: model.safetensors, text_encoder.safetensors
+    and, after LoRA, lora.safetensors (`ldm.export.final_model.write_tool_files`).
 
-    With an adapter, final_weights.pt holds the adapter alone, adapter/ is peft's folder of it, and
-    text_encoder/ the merged encoder (a plain CLIPTextModel for people who don't use peft).
+    Why a callback of its own: the shapes world's stages replace `callbacks.export` with their own exporters,
+    which take no single-file settings. `single_file` costs 2 GB of disk for SD1.5 at fp16; the dtype is
+    checked here, before training, not after it.
     """
-    dirpath.mkdir(parents=True, exist_ok=True)
-    weights = {k: v.detach().float().cpu().contiguous() for k, v in module.trainable_state_dict().items()}
-    atomic_torch_save(weights, dirpath / "final_weights.pt")  # never a half-written file, even if killed here
-    for name in ("text_encoder", "unet"):
-        if name in module.trainable_names:
-            part = getattr(module, name)
-            if name == "text_encoder" and module.peft_model is not None:
-                save_adapter(module.peft_model, dirpath / ADAPTER_DIR)
-                part = merged_text_encoder(module.peft_model)
-            part.save_pretrained(dirpath / name, safe_serialization=True)
-    module.tokenizer.save_pretrained(dirpath / "tokenizer")
-    info = {
-        **module.checkpoint_signature(),
-        "prediction_type": module.noise_scheduler.config.prediction_type,
-        "objective": module.objective_record(),
-    }
-    (dirpath / "export.json").write_text(json.dumps(info, indent=2) + "\n")
-    return dirpath
+
+    def __init__(self, dirpath: str, single_file: bool = True, single_file_dtype: str = "fp16") -> None:
+        self.dirpath = Path(dirpath)
+        self.single_file = bool(single_file)
+        self.dtype = single_file_dtype_of(single_file_dtype)
+
+    @rank_zero_only
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not isinstance(pl_module, TextEncoderFineTuner) or trainer.sanity_checking:
+            return
+        run = run_facts(trainer, pl_module)
+        export_tool_files(pl_module, self.dirpath, run=run, single=self.single_file, dtype=self.dtype)
 
 
 class SampleImages(L.Callback):

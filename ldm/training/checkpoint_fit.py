@@ -6,12 +6,16 @@ refuse one for another base or trainable set with the same message as training d
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
 import torch
 
 from ldm.errors import UserError
+
+log = logging.getLogger(__name__)
+OPTION = {"base": "model.pretrained", "text_encoder": "model.text_encoder"}
 
 
 class CheckpointMismatchError(UserError):
@@ -25,6 +29,26 @@ def same_source(a: str | None, b: str | None) -> bool:
     if os.path.isdir(a) and os.path.isdir(b):
         return os.path.realpath(a) == os.path.realpath(b)
     return a == b
+
+
+def _moved_here(key: str, recorded: str | None, current: str | None) -> bool:
+    """A run folder moved to another machine: its recorded local folder is not here.
+
+    Then a local folder the user chose stands in for it (the weights' shapes are still checked), with a warning;
+    anything else (the config's default hub id) is refused with the option that fixes it, never used silently.
+    """
+    gone = recorded is not None and os.path.isabs(recorded) and not os.path.isdir(recorded)
+    if not gone:
+        return False
+    if current is not None and os.path.isdir(current):
+        log.warning(
+            "%s=%r recorded in the checkpoint is not on this machine: using %r in its place", key, recorded, current
+        )
+        return True
+    raise CheckpointMismatchError(
+        f"checkpoint was trained on {key}={recorded!r}, which is not on this machine (a run folder moved here?): "
+        f"pass {OPTION[key]}=PATH, your copy of it, instead of {current!r}"
+    )
 
 
 def check_checkpoint_fits(
@@ -47,7 +71,7 @@ def check_checkpoint_fits(
             f"{expected.get('adapter')} (choose model/adapter=... and its keys to match the checkpoint)"
         )
     for key in ("base", "text_encoder"):
-        if not same_source(meta.get(key), expected[key]):
+        if not same_source(meta.get(key), expected[key]) and not _moved_here(key, meta.get(key), expected[key]):
             raise CheckpointMismatchError(
                 f"checkpoint was trained on {key}={meta.get(key)!r} but this model uses {expected[key]!r}"
             )

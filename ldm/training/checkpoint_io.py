@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
 from ldm.errors import UserError
 
@@ -36,21 +38,49 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     atomic_write(path, lambda f: torch.save(obj, f))
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[Any], None]) -> None:
-    """Call `write(binary_file)` on a temp file in `path`'s folder, then rename it onto `path`."""
+def atomic_save_safetensors(
+    tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None
+) -> None:
+    """safetensors' `save_file` to a sibling temp file, then renamed: a kill leaves the old file or the new one.
+
+    Why through a path: `safetensors.torch.save` would first build the whole file in memory (2 GB for SD1.5).
+    """
+    atomic_write_path(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+def atomic_write_path(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
+    """Call `write(temp_path)` for a temp file in `path`'s folder, fsync it, then rename it onto `path`.
+
+    Why a path and not a file object: some writers (safetensors' `save_file`) only take a file name.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
+        write(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the file from other users' tools
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Any], None]) -> None:
+    """Call `write(binary_file)` on a temp file in `path`'s folder, then rename it onto `path`."""
+
+    def to_file(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            write(f)
+
+    atomic_write_path(path, to_file)
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -81,6 +111,19 @@ def safe_torch_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
             "It is truncated, not a PyTorch checkpoint, or holds objects other than tensors and plain data; "
             "only weights_only=True loading is allowed, so nothing in it was executed."
         ) from None
+
+
+def load_weights_file(path: str | os.PathLike) -> Any:
+    """A weights file by its suffix: `.safetensors` (tensors only by design) or a weights-only torch pickle."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        return safe_torch_load(path)
+    if not path.is_file():
+        raise CheckpointLoadError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        return load_file(path, device="cpu")
+    except (SafetensorError, OSError, ValueError) as error:
+        raise CheckpointLoadError(f"checkpoint {str(path)!r} is not a readable safetensors file ({error})") from None
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

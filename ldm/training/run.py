@@ -9,7 +9,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from ldm.config import validate_train_config
+from ldm.config import stream_runs_to_max_steps, validate_train_config
 from ldm.training.precision import resolve_precision
 from ldm.training.resume import resolve_ckpt_path
 
@@ -40,7 +40,7 @@ def build_module(cfg: DictConfig) -> L.LightningModule:
 def build_trainer(cfg: DictConfig) -> L.Trainer:
     """Trainer with callbacks and loggers from their groups, and a precision this machine runs well."""
     precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
-    callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
+    callbacks = [instantiate_or_explain(c) for c in cfg.get("callbacks", {}).values() if c is not None]
     loggers = [instantiate(c) for c in cfg.get("logger", {}).values() if c is not None]
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, precision=precision)
 
@@ -49,6 +49,7 @@ def train(cfg: DictConfig) -> tuple[L.Trainer, L.LightningModule]:
     """Validate, build, fit (optionally resume and test); return the trainer and the trained module."""
     cfg.ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.runs_dir)  # "last" / a run folder -> file
     validate_train_config(cfg)
+    stream_runs_to_max_steps(cfg)  # after the checks: max_steps is known to be set for a stream
     L.seed_everything(cfg.seed, workers=True)
     trainer = build_trainer(cfg)
     module = build_module(cfg)
