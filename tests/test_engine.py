@@ -308,3 +308,17 @@ def test_fingerprint_follows_the_weights() -> None:
     assert cache.fingerprint(a) != cache.fingerprint(b)
     b.load_state_dict(a.state_dict())
     assert cache.fingerprint(a) == cache.fingerprint(b)
+
+
+def test_the_step_preview_is_fitted_on_the_engines_vae(ov_model, cache_dir, engine_cache) -> None:
+    """app.py with engine.backend=auto picked OpenVINO on a bf16 CPU and crashed fitting the preview map: the
+    engine's VAE holds no torch parameters. The map fitted through the engine matches the torch VAE's."""
+    from ldm.generation.preview import latent_preview_for
+
+    model, _ = ov_model
+    assert not list(model.vae.parameters())  # the case this test is about
+    on_engine = latent_preview_for(model)
+    on_torch = latent_preview_for(load(cache_dir, engine_cache, "engine.backend=torch")[0])
+    assert on_engine.source == on_torch.source == "fitted"
+    torch.testing.assert_close(on_engine.factors, on_torch.factors, atol=0.05, rtol=0.1)
+    torch.testing.assert_close(on_engine.bias, on_torch.bias, atol=0.05, rtol=0.1)

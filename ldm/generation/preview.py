@@ -58,9 +58,10 @@ def fit_latent_rgb(vae: Any, side: int, count: int = 4, seed: int = 0) -> Latent
     average-pooled to the latent grid (one RGB value per latent cell)."""
     channels = vae.config.latent_channels
     generator = torch.Generator("cpu").manual_seed(seed)
-    parameter = next(vae.parameters())
+    parameter = next(vae.parameters(), None)  # None: an engine's VAE (OpenVINO) has no torch weights, takes fp32
     latents = torch.randn(count, channels, side, side, generator=generator)
-    decoded = vae.decode(latents.to(parameter) / vae.config.scaling_factor).sample.float().cpu()
+    inputs = latents if parameter is None else latents.to(parameter)
+    decoded = vae.decode(inputs / vae.config.scaling_factor).sample.float().cpu()
     pooled = F.adaptive_avg_pool2d(decoded, side)  # (count, 3, side, side)
     inputs = latents.permute(0, 2, 3, 1).reshape(-1, channels)
     inputs = torch.cat([inputs, torch.ones(len(inputs), 1)], dim=1)  # (N, C + 1): a bias column
