@@ -86,7 +86,7 @@ def run_seed(seed: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     if args.reuse and report_path.is_file():
         print(f"seed {seed}: finished earlier in {run_dir}, read back", flush=True)
         return json.loads(report_path.read_text())
-    overrides = [f"data.generate.seed={seed}", f"seed={42 + seed}", "++trainer.enable_progress_bar=false", *args.set]
+    overrides = [f"data.generate.seed={seed}", f"seed={42 + seed}", *args.set]  # seed 0: make demo's own stages
     cmd = [
         sys.executable, "demo.py", f"paths.cache_dir={args.cache_dir / f'seed-{seed}'}", f"hydra.run.dir={run_dir}",
         f"overrides={json.dumps(overrides)}", f"stage_overrides.shapes_base={json.dumps([f'model.init.seed={seed}'])}",
