@@ -91,7 +91,9 @@ def judge_variant(
     cfg = compose_sample(args.model, args.checkpoint, [*overrides, *calibration_overrides(overrides)])
     module = load_for_inference(cfg, base_override=True)
     interval = tuple(cfg.guidance_interval)
-    plan = SamplingPlan(cfg.steps, cfg.guidance_scale, cfg.scheduler, args.seed, args.batch_size, interval)
+    plan = SamplingPlan(
+        cfg.steps, cfg.guidance_scale, cfg.scheduler, args.seed, args.batch_size, interval, cfg.guidance_rescale
+    )
     start = time.perf_counter()
     images = render(module, prompts, plan, desc=name)
     seconds = (time.perf_counter() - start) / len(prompts)

@@ -88,6 +88,30 @@ def test_staged_generation_matches_diffusers_own_decode_in_the_same_call(model, 
     assert [image.tobytes() for image in staged] == [image.tobytes() for image in direct]
 
 
+def test_guidance_rescale_is_diffusers_own_and_recorded(model, cfg) -> None:
+    """guidance_rescale reaches the pipeline as diffusers' own option: the same pixels as a direct call with it,
+    other pixels than plain guidance, and the PNG says which."""
+    chosen = settings(cfg, "a red circle on the left", guidance_interval=(0.0, 1.0), guidance_rescale=0.7)
+    rescaled = generate(model, chosen)[0]
+    positive = encode_prompts(model, list(chosen.prompts))
+    negative = encode_prompts(model, [chosen.negative_prompt]).expand_as(positive)
+    pipe = build_pipeline(model, chosen.scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    direct = pipe(
+        prompt_embeds=positive,
+        negative_prompt_embeds=negative,
+        num_inference_steps=chosen.steps,
+        guidance_scale=chosen.guidance_scale,
+        guidance_rescale=0.7,
+        generator=[torch.Generator("cpu").manual_seed(chosen.seed)],
+        output_type="pil",
+    ).images[0]
+    assert rescaled.tobytes() == direct.tobytes()
+    plain = generate(model, SampleSettings(**{**chosen.__dict__, "guidance_rescale": 0.0}))[0]
+    assert np.abs(pixels(plain) - pixels(rescaled)).max() > 0
+    assert rescaled.info["guidance_rescale"] == 0.7 and "guidance_rescale" not in plain.info
+
+
 def test_release_models_frees_the_text_encoder_and_unet_and_keeps_the_images(cfg) -> None:
     """sample.py's one-shot mode: the same images, and the parts it no longer needs are gone afterwards."""
     module = build_model(cfg.model)
@@ -155,6 +179,7 @@ def test_each_scheduler_renders(model, cfg, name: str) -> None:
         ({"seed": -1}, "seed=-1"),
         ({"scheduler": "lms"}, "expected one of ddim, dpm\\+\\+, euler, euler_a, pndm"),
         ({"num_images": 0}, "num_images"),
+        ({"guidance_rescale": 1.5}, r"guidance_rescale=1.5: expected a number in \[0, 1\]"),
     ],
 )
 def test_bad_settings_are_clear_errors(cfg, changes: dict, message: str) -> None:

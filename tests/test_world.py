@@ -256,7 +256,10 @@ def test_report_numbers_are_the_judged_images_of_the_exported_model(stages) -> N
     judge, _ = load_judge(shapes / "judge")
     module = build_model(compose_config("sample", []).model, runs / "second" / "final_model")
     prepare_for_inference(module, torch.device("cpu"), "off")
-    plan = SamplingPlan(sampling["steps"], sampling["guidance_scale"], sampling["scheduler"], sampling["seed"], 2)
+    plan = SamplingPlan(
+        sampling["steps"], sampling["guidance_scale"], sampling["scheduler"], sampling["seed"], 2,
+        guidance_rescale=sampling["guidance_rescale"],
+    )  # fmt: skip
     with torch_threads(1):
         for vocab in VOCABULARIES:
             prompts = eval_prompts(vocab, 4, sampling["templates"], sampling["seed"])

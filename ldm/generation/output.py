@@ -29,6 +29,7 @@ METADATA_KEYS = (
     "precision",
     "deep_cache",
     "guidance_interval",  # only where it is not [0, 1] (every step guided)
+    "guidance_rescale",  # only where it is not 0
 )
 
 

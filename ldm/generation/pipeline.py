@@ -124,6 +124,7 @@ def generate(
         or ("bf16-autocast" if options and options.autocast_bf16 else DTYPE_NAMES[model.unet.dtype]),
         "deep_cache": options.deep_cache if options else "off",
         **({} if is_full(settings.guidance_interval) else {"guidance_interval": list(settings.guidance_interval)}),
+        **({"guidance_rescale": settings.guidance_rescale} if settings.guidance_rescale else {}),
     }
     autocast = options.autocast if options else nullcontext
     was_training = model.training
@@ -183,6 +184,7 @@ def denoise(
             width=width,
             num_inference_steps=settings.steps,
             guidance_scale=scale,
+            guidance_rescale=settings.guidance_rescale,
             generator=[torch.Generator("cpu").manual_seed(s) for _, s in batch],
             output_type="latent",
             callback_on_step_end=callback,

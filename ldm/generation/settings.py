@@ -38,6 +38,9 @@ class SampleSettings:
     # fractions of the schedule guided; (0, 1) = every step for code that builds settings itself; sample.py's
     # default, [0.2, 0.8], lives in conf/sampling/image.yaml
     guidance_interval: tuple[float, float] = (0.0, 1.0)
+    # diffusers' guidance_rescale (Lin et al. 2024, sec. 3.4): the guided prediction's std rescaled towards the
+    # conditional one's; fixes the over-exposed colours of guided zero-terminal-SNR models. 0 = plain CFG
+    guidance_rescale: float = 0.0
 
     @classmethod
     def from_config(cls, cfg: Any, prompts: Sequence[str], **fixed: Any) -> SampleSettings:
@@ -86,6 +89,11 @@ def validate_settings(s: SampleSettings, limits: Limits | None = None) -> None:
         f"guidance_interval={list(interval) if isinstance(interval, tuple) else interval!r}: "
         "expected [start, end] with 0 ≤ start ≤ end ≤ 1 (fractions of the schedule; [0, 1] guides every step)",
     )
+    _require(
+        isinstance(s.guidance_rescale, int | float) and not isinstance(s.guidance_rescale, bool)
+        and 0 <= s.guidance_rescale <= 1,
+        f"guidance_rescale={s.guidance_rescale!r}: expected a number in [0, 1] (0: plain classifier-free guidance)",
+    )  # fmt: skip
     for key in ("num_images", "batch_size"):
         value = getattr(s, key)
         _require(is_int(value) and value >= 1, f"{key}={value!r}: expected an integer ≥ 1")

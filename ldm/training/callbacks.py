@@ -174,6 +174,7 @@ class SampleImages(L.Callback):
         batch_size: int,
         tag: str,
         guidance_interval: Sequence[float] = (0.0, 1.0),
+        guidance_rescale: float = 0.0,
     ) -> None:
         if every_n_epochs < 1:
             raise ValueError(f"every_n_epochs={every_n_epochs}: expected an integer ≥ 1")
@@ -183,6 +184,7 @@ class SampleImages(L.Callback):
             steps=steps,
             guidance_scale=guidance_scale,
             guidance_interval=tuple(guidance_interval),
+            guidance_rescale=guidance_rescale,
             scheduler=scheduler,
             seed=seed,
             height=height,

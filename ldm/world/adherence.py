@@ -43,6 +43,7 @@ class SamplingPlan:
     seed: int
     batch_size: int
     guidance_interval: tuple[float, float] = (0.0, 1.0)  # the fractions of the schedule guided (sample.py's)
+    guidance_rescale: float = 0.0  # diffusers' guidance_rescale (conf/sampling/image.yaml)
 
 
 def chance_levels() -> dict[str, float]:
@@ -86,6 +87,7 @@ def render(model: TextEncoderFineTuner, prompts: Sequence[Prompt], plan: Samplin
             num_images=1,
             batch_size=len(chunk),
             guidance_interval=plan.guidance_interval,
+            guidance_rescale=plan.guidance_rescale,
         )
         images += generate(model, settings, prompt_seeds=[p.seed for p in chunk])
     return images

@@ -149,6 +149,7 @@ class AdherenceReport(L.Callback):
         templates: str,
         steps: int,
         guidance_scale: float,
+        guidance_rescale: float,
         scheduler: str,
         seed: int,
         batch_size: int,
@@ -163,7 +164,7 @@ class AdherenceReport(L.Callback):
         self.other_judges: dict[str, Any] = {}
         self.other_adherence: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in self.other_judge_dirs}
         self.out_dir = Path(out_dir)
-        self.plan = SamplingPlan(steps, guidance_scale, scheduler, seed, batch_size)
+        self.plan = SamplingPlan(steps, guidance_scale, scheduler, seed, batch_size, guidance_rescale=guidance_rescale)
         self.prompts = {v: eval_prompts(v, prompts_per_vocabulary, templates, seed) for v in VOCABULARIES}
         self.templates = templates
         self.grid_prompts = grid_prompts
@@ -246,6 +247,7 @@ class AdherenceReport(L.Callback):
                 "scheduler": self.plan.scheduler,
                 "steps": self.plan.steps,
                 "guidance_scale": self.plan.guidance_scale,
+                "guidance_rescale": self.plan.guidance_rescale,
                 "seed": self.plan.seed,
                 "seeds": "prompt i uses seed + i",
                 "batch_size": self.plan.batch_size,
