@@ -69,22 +69,28 @@ def test_a_seed_gives_the_same_image_whatever_the_batch_size(model, cfg) -> None
         assert np.abs(pixels(a) - pixels(b)).max() <= 1
 
 
-def test_staged_generation_matches_diffusers_own_decode_in_the_same_call(model, cfg) -> None:
-    """`generate` denoises to latents and decodes after: the images are the one-call pipeline's, to the byte."""
-    chosen = settings(cfg, "a red circle on the left", "a blue square", batch_size=2, guidance_interval=(0.0, 1.0))
-    staged = generate(model, chosen)  # every step guided: the pipeline's own CFG, with nothing in between
+def diffusers_images(model, chosen: SampleSettings, **options) -> list[Image.Image]:
+    """diffusers' own one-call pipeline on the same conditioning and seeds: what `generate` must reproduce."""
     positive = encode_prompts(model, list(chosen.prompts))
     negative = encode_prompts(model, [chosen.negative_prompt]).expand_as(positive)
     pipe = build_pipeline(model, chosen.scheduler)
     pipe.set_progress_bar_config(disable=True)
-    direct = pipe(
+    return pipe(
         prompt_embeds=positive,
         negative_prompt_embeds=negative,
         num_inference_steps=chosen.steps,
         guidance_scale=chosen.guidance_scale,
         generator=[torch.Generator("cpu").manual_seed(chosen.seed) for _ in chosen.prompts],
         output_type="pil",
+        **options,
     ).images
+
+
+def test_staged_generation_matches_diffusers_own_decode_in_the_same_call(model, cfg) -> None:
+    """`generate` denoises to latents and decodes after: the images are the one-call pipeline's, to the byte."""
+    chosen = settings(cfg, "a red circle on the left", "a blue square", batch_size=2, guidance_interval=(0.0, 1.0))
+    staged = generate(model, chosen)  # every step guided: the pipeline's own CFG, with nothing in between
+    direct = diffusers_images(model, chosen)
     assert [image.tobytes() for image in staged] == [image.tobytes() for image in direct]
 
 
@@ -93,19 +99,7 @@ def test_guidance_rescale_is_diffusers_own_and_recorded(model, cfg) -> None:
     other pixels than plain guidance, and the PNG says which."""
     chosen = settings(cfg, "a red circle on the left", guidance_interval=(0.0, 1.0), guidance_rescale=0.7)
     rescaled = generate(model, chosen)[0]
-    positive = encode_prompts(model, list(chosen.prompts))
-    negative = encode_prompts(model, [chosen.negative_prompt]).expand_as(positive)
-    pipe = build_pipeline(model, chosen.scheduler)
-    pipe.set_progress_bar_config(disable=True)
-    direct = pipe(
-        prompt_embeds=positive,
-        negative_prompt_embeds=negative,
-        num_inference_steps=chosen.steps,
-        guidance_scale=chosen.guidance_scale,
-        guidance_rescale=0.7,
-        generator=[torch.Generator("cpu").manual_seed(chosen.seed)],
-        output_type="pil",
-    ).images[0]
+    direct = diffusers_images(model, chosen, guidance_rescale=0.7)[0]
     assert rescaled.tobytes() == direct.tobytes()
     plain = generate(model, SampleSettings(**{**chosen.__dict__, "guidance_rescale": 0.0}))[0]
     assert np.abs(pixels(plain) - pixels(rescaled)).max() > 0

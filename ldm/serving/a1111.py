@@ -23,6 +23,7 @@ from ldm.generation.settings import SampleSettings
 from ldm.serving.forms import parse_request
 from ldm.serving.jobs import CANCELLED, DONE, FAILED, FINAL, Job
 from ldm.serving.owners import owner_hash, presented_owner
+from ldm.serving.security import json_error
 from ldm.serving.submission import ClientGone, Refused, Submitter
 
 # A1111's sampler names (and their old k-diffusion aliases) -> this project's schedulers
@@ -113,11 +114,7 @@ def install_a1111(app: Flask, defaults: SampleSettings) -> None:
     queue = submitter.queue
 
     def error(message: str, status: int, retry_after: int | None = None) -> Response:
-        response = jsonify(error=message, detail=message)
-        response.status_code = status
-        if retry_after is not None:
-            response.headers["Retry-After"] = str(retry_after)
-        return response
+        return json_error(message, status, {"error": message, "detail": message}, Retry_After=retry_after)
 
     @api.post("/txt2img")
     def txt2img() -> Response:

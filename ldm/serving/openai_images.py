@@ -20,6 +20,7 @@ from ldm.generation.settings import SampleSettings
 from ldm.serving.forms import parse_request
 from ldm.serving.jobs import DONE, FAILED, Job
 from ldm.serving.owners import owner_hash, owner_or_issue
+from ldm.serving.security import json_error
 from ldm.serving.submission import ClientGone, Refused, Submitter
 
 MAX_N = 4
@@ -76,11 +77,8 @@ def install_openai_images(app: Flask, defaults: SampleSettings) -> None:
 
     def error(message: str, status: int, param: str | None = None, retry_after: int | None = None) -> Response:
         kind = "invalid_request_error" if status == 400 else "server_error"
-        response = jsonify(error={"message": message, "type": kind, "param": param, "code": None})
-        response.status_code = status
-        if retry_after is not None:
-            response.headers["Retry-After"] = str(retry_after)
-        return response
+        body = {"error": {"message": message, "type": kind, "param": param, "code": None}}
+        return json_error(message, status, body, Retry_After=retry_after)
 
     @api.post("/images/generations")
     def generations() -> Response:

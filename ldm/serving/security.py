@@ -31,10 +31,12 @@ def cross_origin_reason(origin: str | None, host: str | None, fetch_site: str | 
     return None
 
 
-def json_error(message: str, status: int, **headers: object) -> Response:
-    response = jsonify(error=message)
+def json_error(message: str, status: int, body: dict | None = None, **headers: object) -> Response:
+    """`{"error": message}` (or `body`, for APIs that shape their errors their own way) with `status`; headers
+    given as keywords (`Retry_After=5`), None ones left out."""
+    response = jsonify(body if body is not None else {"error": message})
     response.status_code = status
-    response.headers.update({k.replace("_", "-"): str(v) for k, v in headers.items()})
+    response.headers.update({k.replace("_", "-"): str(v) for k, v in headers.items() if v is not None})
     return response
 
 
