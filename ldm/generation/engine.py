@@ -184,10 +184,11 @@ def choose_and_install(model: Any, cfg: Any) -> str:
             return "torch"
         build_openvino(model, cfg, "int8" if winner == int8_name else None, b)
         return "openvino"
-    log.info("engine.backend=auto: %s for this CPU and model: timing each candidate's U-Net call", why)
+    log.debug("engine.backend=auto: %s for this CPU and model: timing each candidate's U-Net call", why)
     winner, seconds = measure(model, cfg, b, torch_name, engines)
     choice.write_choice(path, key, winner, seconds, notes)
-    log.info("engine.backend=auto: %s (cached in %s)", choice.describe(winner, seconds, shape, threads, notes), path)
+    line = choice.describe(winner, seconds, shape, threads, notes)
+    log.info("engine.backend=auto: %s (measured now, %s; cached in %s)", line, why, path)
     return "torch" if winner == torch_name else "openvino"
 
 
