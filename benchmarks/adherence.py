@@ -14,9 +14,9 @@ seeds through `sample.py`'s path (conf/sample.yaml + overrides, `load_for_infere
 world's attribute judge scores shape, colour and position against the prompt:
   pndm-50      diffusers' default sampler: PNDM, 50 steps, fp32, every step guided (sample_cpu.py's baseline)
   default      sample.py's defaults (DPM-Solver++ 15 steps, dtype auto, guidance interval [0.2, 0.8]:
-               9 of 15 steps guided; engine.backend=auto: OpenVINO at bf16 on a CPU with a bf16 unit)
+               9 of 15 steps guided; engine.backend=auto: the runtime measured fastest on this CPU)
   default-full the same with every step guided (guidance_interval=[0.0,1.0], the default before 2026-12-01)
-  default-fp32 default in fp32 (auto keeps torch at fp32: the torch fp32 reference)
+  default-fp32 default on torch in fp32 (engine.backend=torch dtype=fp32: the torch fp32 reference)
   torch        default on torch (bf16 autocast on a CPU with a bf16 unit)   deep-cache  default + interval 3
   ddim-20      the sampler the demo's report uses, every step guided
   default-gi   default + guidance_interval=[0.2,0.8] given explicitly (the same as default since 2026-12-01;
@@ -46,10 +46,10 @@ from benchmarks.common import ROOT, compose_project_config, default_cache_dir, m
 GI, FULL, DC = "guidance_interval=[0.2,0.8]", "guidance_interval=[0.0,1.0]", "deep_cache.interval=3"
 OV, INT8 = "engine.backend=openvino", "engine.quantize=int8"  # int8: + calibration_overrides()
 VARIANTS: dict[str, list[str]] = {  # variant -> sample.py overrides on top of its defaults
-    "pndm-50": ["scheduler=pndm", "steps=50", "dtype=fp32", FULL],
+    "pndm-50": ["scheduler=pndm", "steps=50", "dtype=fp32", "engine.backend=torch", FULL],
     "default": [],
     "default-full": [FULL],
-    "default-fp32": ["dtype=fp32"],  # engine.backend=auto keeps torch at fp32: the torch fp32 reference
+    "default-fp32": ["dtype=fp32", "engine.backend=torch"],  # the torch fp32 reference (auto may pick OpenVINO f32)
     "torch": ["engine.backend=torch"],  # torch at the CPU's precision (bf16 autocast where it has a bf16 unit)
     "deep-cache": [DC],
     "ddim-20": ["scheduler=ddim", "steps=20", FULL],

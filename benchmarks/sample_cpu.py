@@ -14,7 +14,7 @@ to .cache/sd15-random; the cost does not depend on the weight values). Each vari
 process, so its peak RSS (load included) is its own:
   baseline     StableDiffusionPipeline.from_pretrained + enable_attention_slicing(), PNDM 50 steps, fp32
   ours         sample.py's defaults (conf/sampling/default.yaml) through load_for_inference + generate:
-               engine.backend=auto (OpenVINO at bf16 where the CPU has a bf16 unit, torch fp32 elsewhere)
+               engine.backend=auto (the runtime measured fastest on this CPU; the first run's choice is cached)
                and the guidance interval [0.2, 0.8] (9 of 15 steps guided; unguided steps run one batch-1 pass)
   ours-full    ours with every step guided (guidance_interval=[0.0,1.0], diffusers' plain CFG); every
                variant below without -gi guides every step too

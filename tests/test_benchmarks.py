@@ -155,6 +155,26 @@ def test_unet_engines_smoke_times_every_engine_both_ways_on_the_same_inputs(tmp_
         assert cells[3] == ("batch 2" if e["batch2_s"] <= e["split_s"] else "2 x batch 1")
 
 
+@pytest.mark.slow  # two int8 builds of the tiny model, each in its own process
+def test_int8_build_smoke_reports_each_settings_build(cache_dir: Path, tmp_path: Path) -> None:
+    """benchmarks/int8_build.py: one process per engine.calibration.samples setting, each built from nothing,
+    with its peak RSS, its build time and the phases' share of both."""
+    pytest.importorskip("nncf")
+    args = ("--prompts", "1", "--samples", "all", "1", "--out", str(tmp_path))
+    result = run_benchmark("int8_build.py", cache_dir, *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads((tmp_path / "int8_build.json").read_text())
+    assert "machine" in data and "int8_build.py --smoke" in data["command"]
+    every, one = data["results"]["builds"]
+    assert (every["setting"], every["calls"], every["kept"]) == ("all", 2, 2)  # 1 prompt x 2 steps
+    assert (one["setting"], one["calls"], one["kept"]) == ("1", 2, 1)
+    for row in (every, one):
+        assert row["build_s"] > 0 and 0.05 < row["peak_rss_gib"] < 24  # each built from nothing
+        assert {"calibration renders", "nncf quantize (U-Net)", "nncf weights (VAE decoder)"} <= set(row["phase_s"])
+        assert max(row["phase_peak_gib"].values()) <= row["peak_rss_gib"] + 0.01
+    assert "| all | 2 of 2 |" in result.stdout and "| 1 | 1 of 2 |" in result.stdout
+
+
 def test_shapes_methods_tables_show_each_variants_figures_and_the_size_ratio() -> None:
     """benchmarks/shapes_methods.py's tables: every variant's shares with intervals, and sizes against stage 3."""
     from benchmarks.shapes_methods import adherence_table, cost_table

@@ -6,16 +6,23 @@ corrupt-entry case rebuilds for real. Images are compared with the torch fp32 pa
 
 from __future__ import annotations
 
+import errno
 import io
 import json
+import os
 import shutil
+import subprocess
 import sys
+import threading
+import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 from PIL import Image
 
 from ldm.errors import ConfigError, SamplingError
@@ -23,12 +30,14 @@ from ldm.generation import engine as engine_module
 from ldm.generation.engine import EngineError
 from ldm.generation.fast import FastSamplingError
 from ldm.generation.loading import load_for_inference
-from ldm.generation.openvino import cache
+from ldm.generation.openvino import build, cache, choice, export
+from ldm.generation.openvino.calibration import calibration_fields, calibration_tag, spread
 from ldm.generation.openvino.runtime import OpenVINOUNet
 from ldm.generation.output import png_bytes
 from ldm.generation.pipeline import generate
 from ldm.generation.progress import step_callback
 from ldm.generation.settings import SampleSettings
+from ldm.hardware import cpu_name
 from ldm.training.module import TextEncoderFineTuner
 from tests.conftest import compose_config
 
@@ -37,6 +46,7 @@ PROMPT = "a red circle on the left"
 # OpenVINO f32 vs torch fp32, 8-bit pixels after 4 DPM++ steps and the VAE: different kernels, same maths
 MAX_PIXEL_DIFF = 2
 FULL = (0.0, 1.0)  # every step guided (the default guides 0.2 <= i/N < 0.8 only)
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -130,30 +140,21 @@ def test_a_corrupt_entry_is_rebuilt_and_logged(ov_model, cache_dir, engine_cache
     assert render(model, cfg)[0].shape == (64, 64, 3)
 
 
-@pytest.fixture
-def auto_tries_openvino(monkeypatch) -> None:
-    """`auto` as on a CPU with a bf16 unit (these tests run at fp32, where `auto` keeps torch)."""
-    monkeypatch.setattr(engine_module, "auto_picks_openvino", lambda device, precision: True)
-
-
-def test_auto_is_the_default_and_tries_openvino_on_a_cpu_at_bf16_only(cache_dir, engine_cache, monkeypatch) -> None:
+def test_auto_is_the_default_and_a_gpu_keeps_torch(cache_dir, engine_cache, monkeypatch) -> None:
     monkeypatch.delenv("LDM_ENGINE")  # the suite pins torch (tests/conftest.py); users get the config's default
-    assert compose_config("sample", []).engine.backend == "auto"
-    tried: list[str] = []
-    monkeypatch.setattr(engine_module, "build_openvino", lambda model, cfg: tried.append(cfg.dtype))
-    for native_bf16, dtype in [(False, "auto"), (True, "fp32"), (True, "auto"), (True, "bf16")]:
-        monkeypatch.setenv("LDM_CPU_BF16", str(int(native_bf16)))  # what every CPU-following choice reads
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")  # keeping torch where OpenVINO does not pay is a choice, not a fallback
-            load(cache_dir, engine_cache, "engine.backend=auto", f"dtype={dtype}")
-    assert tried == ["auto", "bf16"]
-    assert not engine_module.auto_picks_openvino(torch.device("cuda"), "bf16")
+    cfg = compose_config("sample", [])
+    assert cfg.engine.backend == "auto"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a GPU runs torch fp16: a choice, not a fallback
+        assert engine_module.install_engine(None, cfg, torch.device("cuda")) == "torch"
+    with pytest.raises(EngineError, match=r"engine.backend=openvino: device=cuda"):
+        engine_module.install_engine(None, compose_config("sample", ["engine.backend=openvino"]), torch.device("cuda"))
     monkeypatch.setenv("LDM_ENGINE", "fast")
     with pytest.raises(ConfigError, match=r"engine.backend='fast': expected auto \| torch \| openvino .*LDM_ENGINE"):
         engine_module.check_engine_config(compose_config("sample", []).engine)
 
 
-def test_auto_falls_back_to_torch_when_openvino_is_missing(cache_dir, engine_cache, monkeypatch, auto_tries_openvino):
+def test_auto_falls_back_to_torch_when_openvino_is_missing(cache_dir, engine_cache, monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "openvino", None)  # `import openvino` now raises ImportError
     with pytest.warns(UserWarning, match=r"engine.backend=auto: using torch, because OpenVINO is not installed"):
         model, _ = load(cache_dir, engine_cache, "engine.backend=auto")
@@ -162,9 +163,7 @@ def test_auto_falls_back_to_torch_when_openvino_is_missing(cache_dir, engine_cac
         load(cache_dir, engine_cache, "engine.backend=openvino")
 
 
-def test_auto_falls_back_to_torch_when_compiling_fails(
-    ov_model, cache_dir, engine_cache, monkeypatch, auto_tries_openvino
-) -> None:
+def test_auto_falls_back_to_torch_when_compiling_fails(ov_model, cache_dir, engine_cache, monkeypatch) -> None:
     import openvino as ov
 
     def fail(*args, **kwargs):
@@ -294,8 +293,9 @@ def test_guidance_interval_is_checked() -> None:
 @pytest.mark.slow
 def test_int8_engine_is_calibrated_on_its_own_trajectories(ov_model, cache_dir, engine_cache, capfd) -> None:
     model, cfg = load(cache_dir, engine_cache, "engine.backend=openvino", "engine.quantize=int8", "steps=3")
-    (entry,) = engine_cache.glob("*/ov*-f32-int8-v*")
-    assert json.loads((entry / cache.MANIFEST).read_text())["quantize"] == "int8"
+    (entry,) = engine_cache.glob("*/ov*-f32-int8-c*-v*")
+    manifest = json.loads((entry / cache.MANIFEST).read_text())
+    assert manifest["quantize"] == "int8" and manifest["calibration"]["steps"] == 3
     assert "int8 U-Net and VAE" in capfd.readouterr().err
     ours, info = render(model, cfg)
     reference, _ = render(*ov_model)
@@ -322,3 +322,234 @@ def test_the_step_preview_is_fitted_on_the_engines_vae(ov_model, cache_dir, engi
     assert on_engine.source == on_torch.source == "fitted"
     torch.testing.assert_close(on_engine.factors, on_torch.factors, atol=0.05, rtol=0.1)
     torch.testing.assert_close(on_engine.bias, on_torch.bias, atol=0.05, rtol=0.1)
+
+
+# --- engine.backend=auto: the measured choice and its cache ---------------------------------------
+@pytest.fixture
+def own_cache(ov_model, engine_cache: Path, tmp_path: Path) -> Path:
+    """A copy of the module's engine cache (its float entry built): a choice written here stays here."""
+    return shutil.copytree(engine_cache, tmp_path / "openvino", ignore=shutil.ignore_patterns(choice.FILE, ".*"))
+
+
+@pytest.fixture
+def timed(monkeypatch) -> list[str]:
+    """The candidates `auto` timed, in order (the real measurement still runs)."""
+    names: list[str] = []
+    real = choice.time_call
+
+    def spy(name: str, call: Callable[[], object]) -> float:
+        names.append(name)
+        return real(name, call)
+
+    monkeypatch.setattr(choice, "time_call", spy)
+    return names
+
+
+def ov_version() -> str:
+    import openvino as ov
+
+    return ov.get_version()
+
+
+def auto_line(caplog) -> str:
+    """The one line `auto` logs about its choice."""
+    (line,) = [r.getMessage() for r in caplog.records if "the fastest U-Net call" in r.getMessage()]
+    return line
+
+
+def load_auto(cache_dir: Path, engines: Path, caplog, *overrides: str):
+    caplog.clear()
+    with caplog.at_level("INFO", logger="ldm.generation.engine"):
+        return load(cache_dir, engines, "engine.backend=auto", *overrides)
+
+
+def test_auto_measures_on_a_miss_and_reads_its_choice_on_a_hit(cache_dir, own_cache, timed, caplog) -> None:
+    import openvino as ov
+
+    model, _ = load_auto(cache_dir, own_cache, caplog)
+    assert timed == ["torch-fp32", "openvino-f32"]  # a miss: each candidate timed, torch at the CPU's dtype
+    (entry,) = json.loads((own_cache / choice.FILE).read_text())["entries"]
+    side = model.unet.config.sample_size
+    assert entry["key"] == {"cpu": cpu_name(), "fingerprint": entry["key"]["fingerprint"], "openvino": ov.get_version(),
+                            "torch": torch.__version__, "threads": torch.get_num_threads(), "shape": [2, 4, side, side],
+                            "precision": "f32", "candidates": ["torch-fp32", "openvino-f32"]}  # fmt: skip
+    assert (own_cache / entry["key"]["fingerprint"]).is_dir()  # the base's fingerprint, as the entries'
+    seconds = entry["seconds_per_call"]
+    assert set(seconds) == {"torch-fp32", "openvino-f32"} and all(s > 0 for s in seconds.values())
+    assert entry["choice"] == min(seconds, key=seconds.__getitem__)
+    assert isinstance(model.unet, OpenVINOUNet) == (entry["choice"] == "openvino-f32")
+    line = auto_line(caplog)
+    assert line.startswith(f"engine.backend=auto: {entry['choice']}, the fastest U-Net call on this CPU")
+    assert all(f"{name} {s:.3g} s" in line for name, s in seconds.items())
+    assert "int8 is not a candidate: no adherence cost recorded (engine.int8_adherence_cost)" in line
+    for recorded in ("openvino-f32", "torch-fp32"):  # hits: the recorded choice runs, whichever it is, untimed
+        (own_cache / choice.FILE).write_text(json.dumps({"entries": [{**entry, "choice": recorded}]}))
+        model, cfg = load_auto(cache_dir, own_cache, caplog)
+        assert timed == ["torch-fp32", "openvino-f32"]  # nothing more was timed
+        assert isinstance(model.unet, OpenVINOUNet) == (recorded == "openvino-f32")
+        assert auto_line(caplog).startswith(f"engine.backend=auto: {recorded},") and "cached in" in auto_line(caplog)
+    assert render(model, cfg)[1]["precision"] == "fp32"  # torch's U-Net and VAE are back
+
+
+def test_a_choice_is_stale_on_another_openvino_or_cpu(cache_dir, own_cache, timed, caplog, monkeypatch) -> None:
+    load_auto(cache_dir, own_cache, caplog)
+    path = own_cache / choice.FILE
+    (entry,) = json.loads(path.read_text())["entries"]
+    assert choice.read_choice(path, entry["key"]) == (entry, "cached")
+    newer = {**entry["key"], "openvino": "2099.1.0-1-new"}
+    assert choice.read_choice(path, newer) == (None, f"the cached choice is stale (openvino was {ov_version()!r})")
+    timed.clear()
+    monkeypatch.setattr(choice, "cpu_name", lambda: "Another CPU")  # a cache shared with another machine
+    load_auto(cache_dir, own_cache, caplog)
+    assert timed == ["torch-fp32", "openvino-f32"] and f"stale (cpu was {cpu_name()!r})" in caplog.text
+    assert {e["key"]["cpu"] for e in json.loads(path.read_text())["entries"]} == {cpu_name(), "Another CPU"}
+
+
+def test_a_forced_backend_measures_nothing(cache_dir, own_cache, timed) -> None:
+    assert isinstance(load(cache_dir, own_cache, "engine.backend=openvino")[0].unet, OpenVINOUNet)
+    assert not isinstance(load(cache_dir, own_cache, "engine.backend=torch")[0].unet, OpenVINOUNet)
+    assert timed == [] and not (own_cache / choice.FILE).exists()
+
+
+def test_auto_times_int8_only_with_a_recorded_cost_and_never_builds_it(cache_dir, own_cache, timed, caplog) -> None:
+    model, cfg = load(cache_dir, own_cache, "engine.backend=torch")
+    b = build.EngineBuild.start(model, cfg)
+
+    def why_not(cost: float | None) -> str | None:
+        return engine_module.int8_candidate(b, OmegaConf.merge(cfg.engine, {"int8_adherence_cost": cost}))
+
+    assert why_not(None) == "int8 is not a candidate: no adherence cost recorded (engine.int8_adherence_cost)"
+    assert why_not(3) == "int8 is not a candidate: its adherence cost, 3 points, is above 2"
+    assert why_not(1.5).startswith("int8 is not a candidate: no int8 entry for engine.calibration (missing")
+    # an int8 manifest whose files are gone: a candidate by its manifest, but never rebuilt (a long calibration)
+    folder, expected = build.int8_location(b, calibration_fields(cfg.engine))
+    folder.mkdir()
+    files = {"unet.bin": {"bytes": 7, "sha256": "0"}}
+    (folder / cache.MANIFEST).write_text(json.dumps({"format": cache.FORMAT, **expected, "files": files}))
+    assert why_not(1.5) is None and why_not(-1) is None  # within the bound (a gain counts as within)
+    gone = r"using torch, because the int8 entry .* cannot be used \(unet.bin is missing or truncated\)"
+    with pytest.warns(UserWarning, match=gone):
+        model, _ = load_auto(cache_dir, own_cache, caplog, "engine.int8_adherence_cost=1.5")
+    assert timed == ["torch-fp32", "openvino-f32"]  # the float engine was timed; int8 failed before its timing
+    assert not isinstance(model.unet, OpenVINOUNet) and sorted(p.name for p in folder.iterdir()) == [cache.MANIFEST]
+
+
+# --- build failures, the build lock and the int8 key -----------------------------------------------
+def test_a_full_disk_falls_back_under_auto_and_is_named_under_openvino(cache_dir, tmp_path, monkeypatch) -> None:
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(export, "convert_unet", lambda unet, tokens=77: object())  # the export's work is not the point
+    monkeypatch.setattr(export, "save", full)
+    engines = tmp_path / "openvino"
+    message = r"building the engine's cache entry under .* failed: \[Errno 28\] No space left on device"
+    with pytest.warns(UserWarning, match=r"engine.backend=auto: using torch, because " + message):
+        model, cfg = load(cache_dir, engines, "engine.backend=auto")
+    assert not isinstance(model.unet, OpenVINOUNet) and render(model, cfg)[1]["precision"] == "fp32"
+    assert not list(engines.glob("*/.*-new-*")) and not list(engines.glob("*/ov*"))  # no half-written entry
+    assert not (engines / choice.FILE).exists()  # a failure is not a choice: the next run tries again
+    with pytest.raises(EngineError, match=r"engine.backend=openvino: " + message):
+        load(cache_dir, engines, "engine.backend=openvino")
+
+
+def test_an_nncf_failure_falls_back_under_auto_and_is_named_under_openvino(
+    cache_dir, own_cache, monkeypatch, timed
+) -> None:
+    given: list[int] = []
+
+    def broken(model, samples):
+        given.append(len(samples))
+        raise RuntimeError("simulated failure inside nncf")
+
+    monkeypatch.setattr(export, "quantize_unet", broken)
+    before = sorted(own_cache.glob("*/ov*-int8-*"))  # the slow int8 test's entry, when it ran first
+    int8 = ("engine.quantize=int8", "engine.calibration.steps=3", "engine.calibration.samples=2",
+            "engine.calibration_prompts=['a red circle']")  # fmt: skip
+    message = r"nncf failed quantizing the U-Net: RuntimeError: simulated failure inside nncf"
+    with pytest.warns(UserWarning, match=r"engine.backend=auto: using torch, because " + message):
+        model, cfg = load(cache_dir, own_cache, "engine.backend=auto", *int8)
+    assert given == [2]  # 2 of the 3 calibration calls (engine.calibration.samples), spread over the schedule
+    assert timed == ["torch-fp32"] and not isinstance(model.unet, OpenVINOUNet)
+    assert render(model, cfg)[1]["precision"] == "fp32"  # the torch U-Net and VAE came back
+    with pytest.raises(EngineError, match=r"engine.backend=openvino: " + message):
+        load(cache_dir, own_cache, "engine.backend=openvino", *int8)
+    assert sorted(own_cache.glob("*/ov*-int8-*")) == before  # no half-built entry
+
+
+def test_calibration_samples_are_spread_over_the_schedule() -> None:
+    assert spread(list(range(45)), 5) == [0, 11, 22, 33, 44]
+    assert spread(list(range(4)), None) == spread(list(range(4)), 9) == [0, 1, 2, 3]
+
+
+def test_the_int8_key_holds_what_it_was_calibrated_on(monkeypatch) -> None:
+    import nncf
+
+    def tag(*overrides: str) -> str:
+        return calibration_tag(calibration_fields(compose_config("sample", ["model=tiny", *overrides]).engine))
+
+    base = tag()
+    assert tag() == base and tag("seed=5", "engine.backend=openvino") == base  # what calibration does not read
+    others = [tag("engine.calibration_prompts=['a blue square']"), tag("engine.calibration.steps=20"),
+              tag("engine.calibration.scheduler=ddim"), tag("engine.calibration.guidance_scale=3"),
+              tag("engine.calibration.samples=8")]  # fmt: skip
+    assert tag("steps=20") == others[1]  # by default calibration renders at the render's steps
+    monkeypatch.setattr(nncf, "__version__", "9.9.9")
+    others.append(tag())
+    assert len({base, *others}) == len(others) + 1
+    assert cache.entry_key("2026.4.1-1-abc", "f32", "int8", base) == f"ov2026.4.1-f32-int8-{base}-v{cache.FORMAT}"
+
+
+LOCK_WORKER = """
+import os, sys, time
+from pathlib import Path
+from ldm.generation.openvino import cache
+
+folder, builds, release = (Path(a) for a in sys.argv[1:4])
+
+def build(tmp):
+    with open(builds, "a") as f:
+        f.write(f"{os.getpid()}\\n")
+    while not release.exists():  # the test lets the build finish once the other process is waiting
+        time.sleep(0.05)
+    (tmp / "unet.bin").write_bytes(b"weights")
+    return ["unet.bin"]
+
+_, seconds = cache.ensure_entry(folder, {"fingerprint": "test"}, build, "test entry")
+print("built" if seconds is not None else "reused")
+"""
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_two_processes_that_need_one_entry_build_it_once(tmp_path) -> None:
+    script, builds, release = tmp_path / "worker.py", tmp_path / "builds.txt", tmp_path / "release"
+    script.write_text(LOCK_WORKER)
+    folder = tmp_path / "openvino" / "0123456789abcdef" / "ov2026.4.1-f32-v3"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    argv = [sys.executable, str(script), str(folder), str(builds), str(release)]
+
+    def start() -> subprocess.Popen:
+        return subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    first = start()
+    wait_until(builds.exists)  # the first process holds the lock, mid-build
+    second, said = start(), []
+    reader = threading.Thread(target=lambda: said.extend(second.stderr), daemon=True)
+    reader.start()
+    wait_until(lambda: any("waiting" in line for line in said) or len(builds.read_text().splitlines()) > 1)
+    release.touch()
+    out_first, _ = first.communicate(timeout=60)
+    out_second = second.stdout.read()
+    second.wait(timeout=60)
+    reader.join(timeout=10)
+    assert len(builds.read_text().splitlines()) == 1  # one build
+    assert out_first.split() == ["built"] and out_second.split() == ["reused"]
+    said = "".join(said)
+    assert "waiting for another process that is building the OpenVINO test entry" in said
+    assert "using the OpenVINO test entry that another process built" in said
+    assert cache.check_entry(folder, {"fingerprint": "test"}) is None
