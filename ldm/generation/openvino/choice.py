@@ -2,7 +2,7 @@
 
 Why measure rather than follow a rule: which runtime is fastest depends on the CPU in ways its flags do
 not tell. Two CPUs without a bf16 unit disagreed on whether OpenVINO f32 beats torch, and int8 gained
-nothing without VNNI and much with it (docs/engine.md, issue 22): a rule drawn on one CPU left the other's
+nothing without VNNI and much with it (docs/engine.md): a rule drawn on one CPU left the other's
 speed unused. So the first run times each candidate that is built, at the shape it will render, and keeps
 the fastest.
 
