@@ -95,8 +95,6 @@ def test_watch_a_render_cancel_it_then_see_the_next_in_the_history(page, app_url
     page.wait_for_function(f"document.getElementById('preview').dataset.step > {first_preview or 0}")
     assert page.evaluate("document.getElementById('preview').naturalWidth") == 8  # a preview image loaded
     expect(page.locator("#status")).to_contain_text("left")
-    if os.environ.get("LDM_SCREENSHOT"):  # refresh docs/app.png: LDM_SCREENSHOT=1 pytest tests/test_browser.py
-        page.screenshot(path=str(DOCS / "app.png"), full_page=True)
     page.click("#cancel")
     expect(page.locator("#status")).to_contain_text("cancelled", timeout=30_000)
     assert bar_value(page) < 40
@@ -110,6 +108,13 @@ def test_watch_a_render_cancel_it_then_see_the_next_in_the_history(page, app_url
     assert figure.locator("a").get_attribute("download") == "image-7.png"
     assert page.evaluate("document.querySelector('#history img').naturalWidth") == 64
     expect(page.locator("#status")).to_contain_text("Done: step 3/3")
+    if os.environ.get("LDM_SCREENSHOT"):  # refresh docs/app.png: LDM_SCREENSHOT=1 pytest tests/test_browser.py
+        page.fill("#steps", "40")  # mid-render, with the finished image in the gallery below
+        page.click("#generate")
+        page.wait_for_function("document.getElementById('bar').value >= 5", timeout=30_000)
+        page.screenshot(path=str(DOCS / "app.png"), full_page=True)
+        page.click("#cancel")
+        expect(page.locator("#status")).to_contain_text("cancelled", timeout=30_000)
 
 
 def test_a_refused_request_shows_a_readable_error(page, app_url: str) -> None:

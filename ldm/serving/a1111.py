@@ -20,10 +20,11 @@ from flask import Blueprint, Flask, Response, jsonify, request
 
 from ldm.errors import SamplingError
 from ldm.generation.settings import SampleSettings
+from ldm.serving.bodies import json_body
 from ldm.serving.forms import parse_request
 from ldm.serving.jobs import CANCELLED, DONE, FAILED, FINAL, Job
 from ldm.serving.owners import owner_hash, presented_owner
-from ldm.serving.security import json_error
+from ldm.serving.security import json_error, register_error_shape
 from ldm.serving.submission import ClientGone, Refused, Submitter
 
 # A1111's sampler names (and their old k-diffusion aliases) -> this project's schedulers
@@ -88,7 +89,7 @@ def settings_from_a1111(fields: Any, defaults: SampleSettings) -> SampleSettings
     ours["seed"] = None if seed in (-1, "-1") else seed
     sampler = fields.get("sampler_name") or fields.get("sampler_index")
     if sampler:
-        if sampler not in SAMPLERS:
+        if not isinstance(sampler, str) or sampler not in SAMPLERS:  # a list is unhashable: a 500 before
             raise SamplingError(f"sampler_name={sampler!r}: expected one of {', '.join(SAMPLERS)}")
         ours["scheduler"] = SAMPLERS[sampler]
     return parse_request({k: v for k, v in ours.items() if v is not None}, defaults)
@@ -114,12 +115,12 @@ def install_a1111(app: Flask, defaults: SampleSettings) -> None:
     queue = submitter.queue
 
     def error(message: str, status: int, retry_after: int | None = None) -> Response:
-        return json_error(message, status, {"error": message, "detail": message}, Retry_After=retry_after)
+        return json_error(message, status, Retry_After=retry_after)
 
     @api.post("/txt2img")
     def txt2img() -> Response:
-        fields = request.get_json(silent=True)
         try:
+            fields = json_body(request)
             settings = settings_from_a1111(fields, defaults)
             job = submitter.submit(settings, caller())
         except SamplingError as err:
@@ -202,6 +203,7 @@ def install_a1111(app: Flask, defaults: SampleSettings) -> None:
         return jsonify(txt2img=[], img2img=[])
 
     app.register_blueprint(api)
+    register_error_shape(app, api.name, lambda message, status: {"error": message, "detail": message})
 
 
 def _state(fields: dict[str, Any]) -> dict[str, Any]:

@@ -25,10 +25,12 @@ from ldm.generation.progress import OnStep, step_callback
 from ldm.generation.settings import Limits, SampleSettings
 from ldm.serving.a1111 import install_a1111
 from ldm.serving.auth import install_token_auth
+from ldm.serving.bodies import json_body
 from ldm.serving.forms import parse_request
 from ldm.serving.hosts import HostAllowList, install_host_check
 from ldm.serving.jobs import CANCELLED, DONE, FINAL, Job
 from ldm.serving.openai_images import install_openai_images
+from ldm.serving.openapi import install_openapi
 from ldm.serving.owners import hand_over, owner_hash, owner_or_issue, presented_owner
 from ldm.serving.security import install_protections, json_error
 from ldm.serving.store import ImageStore, StoredImage
@@ -68,7 +70,7 @@ def create_app(
 ) -> Flask:
     """The app; `model=None` serves at once and renders after `app.extensions["ldm_attach"](model)`
     (app.py loads the model while /healthz already answers `model_loaded: false`)."""
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)  # no static files: the page is one template
     app.json.ensure_ascii = False  # reasons such as "steps=0: expected an integer ≥ 1" stay readable
     install_host_check(app, hosts or HostAllowList("127.0.0.1", 0, []))
     install_token_auth(app, token)
@@ -101,7 +103,7 @@ def create_app(
         attach(model)
 
     def request_fields() -> Any:
-        return request.get_json(silent=True) if request.is_json else request.form.to_dict()
+        return json_body(request) if request.is_json else request.form.to_dict()
 
     def find(job_id: str) -> Job | StoredImage:
         """The caller's job, live or (after a restart or a prune) stored; UnknownJob otherwise."""
@@ -265,6 +267,7 @@ def create_app(
 
     install_a1111(app, defaults)
     install_openai_images(app, defaults)
+    install_openapi(app, limits, token is not None)
     return app
 
 

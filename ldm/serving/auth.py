@@ -3,7 +3,8 @@
 Why a token at all: with `host=0.0.0.0` anyone on the network could queue renders and read images. Scripts
 send `Authorization: Bearer TOKEN` (OpenAI's client does so with `api_key`); AUTOMATIC1111's clients send
 HTTP Basic auth (`--api-auth user:password`), so a Basic password equal to the token is accepted too; a
-browser opens `/?token=TOKEN` once and gets it as an HttpOnly cookie. `/healthz` stays open for probes.
+browser opens `/?token=TOKEN` once and gets it as an HttpOnly cookie. `/healthz` stays open for probes,
+and `/openapi.json` for the tools that read it before they authenticate (openapi.py).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from ldm.serving.hosts import is_loopback
 from ldm.serving.security import json_error
 
 TOKEN_COOKIE = "ldm_token"
-OPEN_ROUTES = ("/healthz",)
+OPEN_ROUTES = ("/healthz", "/openapi.json")  # probes, and the description clients read first
 MIN_TOKEN_CHARS = 16
 HOW_TO_SET = (
     "set a token with auth.token=... on the command line or LDM_APP_TOKEN=... in the environment "

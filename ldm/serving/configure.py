@@ -6,11 +6,13 @@ and hooks); only this reads the YAML.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from flask import Flask
 from omegaconf import DictConfig, OmegaConf
 
-from ldm.errors import ConfigError, expect, is_int
-from ldm.generation.settings import Limits, SampleSettings
+from ldm.errors import ConfigError, SamplingError, expect, is_int
+from ldm.generation.settings import Limits, SampleSettings, validate_settings
 from ldm.serving.app import create_app
 from ldm.serving.hosts import HostAllowList
 from ldm.training.module import TextEncoderFineTuner
@@ -49,4 +51,14 @@ def app_from_config(cfg: DictConfig, model: TextEncoderFineTuner | None = None, 
         "out_dir": cfg.out_dir if cfg.keep_images else None,
     }
     defaults = SampleSettings.from_config(cfg, prompts=(), num_images=1, batch_size=1)
+    check_defaults(defaults, Limits(**limits))
     return create_app(model, defaults, Limits(**limits), **{**options, **overrides})
+
+
+def check_defaults(defaults: SampleSettings, limits: Limits) -> None:
+    """The request defaults (conf/sampling/) within `limits`. Why: otherwise every request that leaves a
+    field out is a 400 about a value it never sent (the fuzz test met `steps=15: expected at most 2`)."""
+    try:
+        validate_settings(replace(defaults, prompts=("a default",)), limits)
+    except SamplingError as err:
+        raise ConfigError(f"a request default (conf/sampling/) is outside limits: {err}") from None

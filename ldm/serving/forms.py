@@ -25,17 +25,27 @@ def _number(name: str, value: Any, kind: type) -> int | float | None:
         return None
     if isinstance(value, bool):
         raise SamplingError(f"{name}={value}: expected a number")
+    if isinstance(value, int) and kind is int:
+        return value  # as it is: float() of a 400-digit JSON integer raises OverflowError (a 500 once)
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise SamplingError(f"{name}={value}: expected a number") from None
+        raise SamplingError(f"{name}={_short(value)}: expected a number") from None
+    except OverflowError:
+        number = math.inf
     if not math.isfinite(number):
-        raise SamplingError(f"{name}={value}: expected a finite number")
+        raise SamplingError(f"{name}={_short(value)}: expected a finite number")
     if kind is int:
         if not number.is_integer():
             raise SamplingError(f"{name}={value}: expected an integer")
         return int(number)
     return number
+
+
+def _short(value: Any, chars: int = 40) -> str:
+    """A value for an error message, cut: a 64 KiB number need not come back whole."""
+    text = str(value)
+    return text if len(text) <= chars else f"{text[:chars]}... ({len(text)} characters)"
 
 
 def parse_request(fields: Any, defaults: SampleSettings) -> SampleSettings:

@@ -9,6 +9,7 @@ URLs to hand out). A field this project cannot honour is a 400 in OpenAI's error
 from __future__ import annotations
 
 import base64
+import re
 import time
 from dataclasses import replace
 from typing import Any
@@ -17,13 +18,15 @@ from flask import Blueprint, Flask, Response, jsonify, request
 
 from ldm.errors import SamplingError
 from ldm.generation.settings import SampleSettings
+from ldm.serving.bodies import json_body
 from ldm.serving.forms import parse_request
 from ldm.serving.jobs import DONE, FAILED, Job
 from ldm.serving.owners import owner_hash, owner_or_issue
-from ldm.serving.security import json_error
+from ldm.serving.security import json_error, register_error_shape
 from ldm.serving.submission import ClientGone, Refused, Submitter
 
 MAX_N = 4
+SIZE = re.compile(r"([0-9]{1,5})x([0-9]{1,5})")
 # fields read, and those accepted only at the values that change nothing here
 READ = ("prompt", "n", "size", "response_format", "model", "user")
 NEUTRAL: dict[str, tuple[Any, ...]] = {
@@ -55,16 +58,19 @@ def openai_settings(fields: Any, defaults: SampleSettings) -> tuple[SampleSettin
     fmt = fields.get("response_format")
     if fmt not in (None, "b64_json"):
         raise BadField(f"response_format={fmt!r}: only 'b64_json' (this server hosts no image URLs)", "response_format")
-    n = fields.get("n") or 1
+    n = fields.get("n")
+    n = 1 if n is None else int(n) if isinstance(n, float) and n.is_integer() else n  # JSON's 1.0 is an integer
     if not (isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= MAX_N):
         raise BadField(f"n={n!r}: expected an integer from 1 to {MAX_N}", "n")
     ours: dict[str, Any] = {"prompt": fields.get("prompt")}
     size = fields.get("size")
     if size not in (None, "auto"):
-        width, _, height = str(size).partition("x")
-        if not (width.isdigit() and height.isdigit()):
+        # ASCII digits only: "²x²" passed str.isdigit() and then int() raised (a 500, found by hand after the
+        # fuzzer's first finds); at most 5 each, since int() of a 5000-digit string raises too
+        match = SIZE.fullmatch(size) if isinstance(size, str) else None
+        if match is None:
             raise BadField(f"size={size!r}: expected 'WIDTHxHEIGHT' such as '512x512', or 'auto'", "size")
-        ours.update(width=int(width), height=int(height))
+        ours.update(width=int(match[1]), height=int(match[2]))
     try:
         return parse_request(ours, defaults), n
     except SamplingError as err:
@@ -76,16 +82,16 @@ def install_openai_images(app: Flask, defaults: SampleSettings) -> None:
     submitter: Submitter = app.extensions["ldm_submitter"]
 
     def error(message: str, status: int, param: str | None = None, retry_after: int | None = None) -> Response:
-        kind = "invalid_request_error" if status == 400 else "server_error"
-        body = {"error": {"message": message, "type": kind, "param": param, "code": None}}
-        return json_error(message, status, body, Retry_After=retry_after)
+        return json_error(message, status, openai_error(message, status, param), Retry_After=retry_after)
 
     @api.post("/images/generations")
     def generations() -> Response:
         try:
-            settings, n = openai_settings(request.get_json(silent=True), defaults)
+            settings, n = openai_settings(json_body(request), defaults)
         except BadField as err:
             return error(str(err), 400, err.param)
+        except SamplingError as err:  # the body itself (json_body)
+            return error(str(err), 400)
         token, _ = owner_or_issue(request)
         jobs: list[Job] = []
         try:
@@ -109,3 +115,10 @@ def install_openai_images(app: Flask, defaults: SampleSettings) -> None:
         return jsonify(created=int(time.time()), data=data)
 
     app.register_blueprint(api)
+    register_error_shape(app, api.name, openai_error)
+
+
+def openai_error(message: str, status: int, param: str | None = None) -> dict[str, Any]:
+    """OpenAI's error body, which its client turns into `APIStatusError.message`, `.type` and `.param`."""
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    return {"error": {"message": message, "type": kind, "param": param, "code": None}}

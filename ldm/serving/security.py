@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Response, current_app, has_request_context, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+ERROR_SHAPES = "ldm_error_shapes"  # app.extensions key: blueprint name -> the body of its errors
+ErrorShape = Callable[[str, int], dict]
 
 
 def cross_origin_reason(origin: str | None, host: str | None, fetch_site: str | None) -> str | None:
@@ -31,10 +34,25 @@ def cross_origin_reason(origin: str | None, host: str | None, fetch_site: str | 
     return None
 
 
+def register_error_shape(app: Flask, blueprint: str, shape: ErrorShape) -> None:
+    """The errors of `blueprint`'s routes get `shape(message, status)` as their body, those answered before
+    its view runs (Host, token, Origin, body size, a short owner token, 500s) too. Why: OpenAI's client reads
+    `error.message`, A1111's `detail`; a layer whose 401 came in our shape would break what it describes."""
+    app.extensions.setdefault(ERROR_SHAPES, {})[blueprint] = shape
+
+
+def error_body(message: str, status: int) -> dict:
+    """The error body for the route this request is for: its layer's shape, else `{"error": message}`."""
+    shape = None
+    if has_request_context() and request.blueprint is not None:
+        shape = current_app.extensions.get(ERROR_SHAPES, {}).get(request.blueprint)
+    return shape(message, status) if shape is not None else {"error": message}
+
+
 def json_error(message: str, status: int, body: dict | None = None, **headers: object) -> Response:
-    """`{"error": message}` (or `body`, for APIs that shape their errors their own way) with `status`; headers
+    """`error_body(message, status)` (or `body`, for a layer's error with more in it) with `status`; headers
     given as keywords (`Retry_After=5`), None ones left out."""
-    response = jsonify(body if body is not None else {"error": message})
+    response = jsonify(body if body is not None else error_body(message, status))
     response.status_code = status
     response.headers.update({k.replace("_", "-"): str(v) for k, v in headers.items() if v is not None})
     return response
@@ -57,7 +75,10 @@ def install_protections(app: Flask, max_request_bytes: int) -> None:
     def http_error(err: HTTPException) -> Response:
         if err.code == 413:
             return json_error(f"request body over {max_request_bytes} bytes", 413)
-        return json_error(f"{err.code} {err.name}: {err.description}", err.code or 500)
+        response = json_error(f"{err.code} {err.name}: {err.description}", err.code or 500)
+        # the exception's own headers, such as a 405's `Allow` (RFC 9110 requires it), less its HTML type
+        response.headers.update({k: v for k, v in err.get_headers() if k.lower() != "content-type"})
+        return response
 
     @app.errorhandler(Exception)
     def internal_error(err: Exception) -> Response:
