@@ -10,11 +10,6 @@ holds the mission's report.json, grid.png, final_model/ and TensorBoard events; 
 the cached stages that had to run.
 """
 
-import os
-
-# Before torch loads OpenMP: on 2 shared cores, spinning OpenMP threads waiting for a busy core cost up to 3x.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 import sys
 from pathlib import Path
 

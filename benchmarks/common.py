@@ -153,11 +153,22 @@ def machine_line() -> str:
 
 
 # --- running parts in their own process (peak RSS is per process) ------------------------------------
-def run_json_subprocess(args: Sequence[str], timeout: float | None = None) -> dict[str, Any]:
-    """Run `python ARGS` (a benchmark's worker mode), which prints one JSON line last; return it."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+def run_json_subprocess(
+    args: Sequence[str],
+    timeout: float | None = None,
+    *,
+    env: dict[str, str] | None = None,
+    unset: Sequence[str] = (),
+    python: str = sys.executable,
+) -> dict[str, Any]:
+    """Run `python ARGS` (a benchmark's worker mode), which prints one JSON line last; return it.
+
+    `env` adds variables to this process's environment and `unset` removes some, for the worker only;
+    `python` is another interpreter (a peer's own venv)."""
+    env = {**{k: v for k, v in os.environ.items() if k not in unset}, **(env or {})}
+    env.update(HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
     result = subprocess.run(
-        [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False
+        [python, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False
     )
     if result.returncode != 0:
         raise RuntimeError(f"worker {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-4000:]}")
