@@ -3,6 +3,7 @@
 python benchmarks/shapes_seeds.py                        # seeds 0 1 2, 360 prompts per vocabulary
 python benchmarks/shapes_seeds.py --seeds 0 1 --prompts 120
 python benchmarks/shapes_seeds.py --reuse                # read back seeds finished by an earlier run
+python benchmarks/shapes_seeds.py --mission optimizer.lr=1e-3 --out outputs/seeds-lr1e-3 --name shapes_seeds-lr1e-3
 
 Each seed is one `python demo.py` process from its own cache (`<cache-dir>/seed-<s>`): the world's renders
 (`data.generate.seed=s`), every stage's seed (`seed=42+s`) and the base model's initial weights
@@ -87,10 +88,11 @@ def run_seed(seed: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:
         print(f"seed {seed}: finished earlier in {run_dir}, read back", flush=True)
         return json.loads(report_path.read_text())
     overrides = [f"data.generate.seed={seed}", f"seed={42 + seed}", *args.set]  # seed 0: make demo's own stages
+    mission = [f"callbacks.adherence.prompts_per_vocabulary={args.prompts}", *args.mission]
     cmd = [
         sys.executable, "demo.py", f"paths.cache_dir={args.cache_dir / f'seed-{seed}'}", f"hydra.run.dir={run_dir}",
         f"overrides={json.dumps(overrides)}", f"stage_overrides.shapes_base={json.dumps([f'model.init.seed={seed}'])}",
-        f"stage_overrides.shapes={json.dumps([f'callbacks.adherence.prompts_per_vocabulary={args.prompts}'])}",
+        f"stage_overrides.shapes={json.dumps(mission)}",
     ]  # fmt: skip
     print(f"seed {seed}: {' '.join(cmd[1:])}", flush=True)
     start = time.perf_counter()
@@ -112,6 +114,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cache-dir", type=Path, default=default_cache_dir() / "shapes-seeds")
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "shapes_seeds")
     parser.add_argument("--set", action="append", default=[], help="a train.py override for every stage")
+    parser.add_argument(
+        "--mission",
+        action="append",
+        default=[],
+        help="a train.py override for the mission only (the rest stays cached)",
+    )
     parser.add_argument("--reuse", action="store_true")
     parser.add_argument("--name", default="shapes_seeds")
     args = parser.parse_args(argv)
