@@ -240,6 +240,41 @@ def test_preservation_cost_smoke_times_both_variants_and_their_ratio(cache_dir: 
     assert "| off (preservation.weight=0) |" in result.stdout and "preservation adds" in result.stdout
 
 
+def test_omp_wait_smoke_times_each_policy_in_its_own_process(cache_dir: Path, tmp_path: Path) -> None:
+    """benchmarks/omp_wait.py: one worker process per policy (the variable is read when OpenMP starts; the
+    suite's own PASSIVE must not reach the unset worker, which the benchmark checks), and each ratio taken
+    against the unset policy's median of the same run."""
+    args = ("--steps", "2", "--rounds", "1", "--out-dir", str(tmp_path))
+    result = run_benchmark("omp_wait.py", cache_dir, *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    written = json.loads((tmp_path / "omp_wait-smoke.json").read_text())
+    median = written["results"]["median_s"]
+    assert set(median) == {"default", "PASSIVE", "ACTIVE"}
+    assert all(len(stages["tiny"]) == 2 for stages in written["results"]["times_s"].values())
+    stage = "tiny"
+    ratio = median["PASSIVE"][stage] / median["default"][stage]
+    row = next(line for line in result.stdout.splitlines() if line.startswith("| PASSIVE |"))
+    assert row.split("|")[-2].strip() == f"{ratio:.2f}"
+
+
+def test_peers_table_shows_only_measured_figures(cache_dir: Path, tmp_path: Path) -> None:
+    """benchmarks/peers.py: a peer that failed, or that the script does not run, keeps its row with the reason and
+    no figure; a measured one shows its render, its median step and whether its venv was built in this run."""
+    from benchmarks.peers import NOT_RUN, rows_for
+
+    measured = {"image_s": 61.0, "step_s": [3.0, 2.0, 9.0], "peak_rss_gib": 2.5, "load_s": 4.0, "build_s": None,
+                "pixel_std": 40.0}  # fmt: skip
+    rows = rows_for({"sdcpp-f16": {20: measured}, "sdcpp-q8_0": {20: {"error": "not measured: it broke"}}}, [20])
+    assert rows[0] == ["sdcpp-f16", 20, "61.0", "3.00", "2.50", "4.0 s load; built earlier", "40.0"]
+    assert rows[1] == ["sdcpp-q8_0", 20, "not measured: it broke", "-", "-", "-", "-"]
+    assert [r[0] for r in rows[2:]] == list(NOT_RUN) and all(r[3:] == ["-"] * 4 for r in rows[2:])
+    result = run_benchmark("peers.py", cache_dir, "--out-dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    written = json.loads((tmp_path / "peers.json").read_text())
+    assert written["command"].startswith("python benchmarks/peers.py --smoke")
+    assert "| sdcpp-f16 | 15 | not measured: --smoke runs no peer | - |" in result.stdout
+
+
 def _seed_report(base_before: float, base_after: float, new_after: float, colour_after: float) -> dict:
     """A report.json as the mission writes it, with the shares that matter here."""
 

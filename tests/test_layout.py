@@ -152,11 +152,14 @@ def table_rows(page: Path) -> list[str]:
 
 
 def test_every_table_row_lives_in_one_file():
+    """A row in two hand-written pages, or in a page and a result file, was copied by hand. Two result files may
+    share a row: two runs of a benchmark can measure the same thing (the same cached base model)."""
+    results = ROOT / "benchmarks" / "results"
     seen: dict[str, Path] = {}
     copied = []
     for page in markdown_files():
         for row in set(table_rows(page)):
-            if row in seen:
+            if row in seen and not (seen[row].is_relative_to(results) and page.is_relative_to(results)):
                 copied.append(f"{row[:60]} in {seen[row].relative_to(ROOT)} and {page.relative_to(ROOT)}")
             seen.setdefault(row, page)
     assert not copied, "a figure copied by hand into two files; link the one file instead:\n" + "\n".join(copied)
