@@ -152,6 +152,23 @@ def machine_line() -> str:
     )
 
 
+def module_and_batch(cfg: Any) -> tuple[Any, dict[str, Any]]:
+    """train.py's module for `cfg` (its preservation teacher cached) and the first training batch, in train mode."""
+    from hydra.utils import instantiate
+
+    from ldm.training.run import build_module
+
+    module = build_module(cfg)
+    if module.preservation is not None:
+        module.preservation.cache_teacher(module)
+    data = instantiate(cfg.data, tokenizer=module.tokenizer)
+    data.prepare_data()
+    data.setup("fit")
+    batch = next(iter(data.train_dataloader()))
+    module.train()
+    return module, batch
+
+
 # --- running parts in their own process (peak RSS is per process) ------------------------------------
 def run_json_subprocess(
     args: Sequence[str],

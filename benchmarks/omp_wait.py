@@ -30,7 +30,14 @@ if __package__ in (None, ""):
 
 import torch
 
-from benchmarks.common import compose_project_config, default_cache_dir, print_and_write, run_json_subprocess, table
+from benchmarks.common import (
+    compose_project_config,
+    default_cache_dir,
+    module_and_batch,
+    print_and_write,
+    run_json_subprocess,
+    table,
+)
 
 POLICIES = ("default", "PASSIVE", "ACTIVE")  # default: OMP_WAIT_POLICY unset
 STAGES = {"stage 2 (base model)": "shapes_base", "stage 3 (mission)": "shapes"}
@@ -38,19 +45,7 @@ STAGES = {"stage 2 (base model)": "shapes_base", "stage 3 (mission)": "shapes"}
 
 def timed_steps(experiment: str, overrides: list[str], steps: int) -> list[float]:
     """Seconds of each of `steps` training steps (forward, backward, AdamW) after one warm-up step."""
-    from hydra.utils import instantiate
-
-    from ldm.training.run import build_module
-
-    cfg = compose_project_config("train", [f"experiment={experiment}", *overrides])
-    module = build_module(cfg)
-    if module.preservation is not None:
-        module.preservation.cache_teacher(module)
-    data = instantiate(cfg.data, tokenizer=module.tokenizer)
-    data.prepare_data()
-    data.setup("fit")
-    batch = next(iter(data.train_dataloader()))
-    module.train()
+    module, batch = module_and_batch(compose_project_config("train", [f"experiment={experiment}", *overrides]))
     optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-5)
     times = []
     for i in range(steps + 1):

@@ -24,7 +24,7 @@ if __package__ in (None, ""):
 
 import torch
 
-from benchmarks.common import compose_project_config, default_cache_dir, print_and_write, table
+from benchmarks.common import compose_project_config, default_cache_dir, module_and_batch, print_and_write, table
 
 
 def step_fn(module: Any, batch: dict[str, Any], preserve: bool) -> Any:
@@ -51,21 +51,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    from hydra.utils import instantiate
-
-    from ldm.training.run import build_module
-
     experiment = "tiny" if args.smoke else "shapes"
     cfg = compose_project_config("train", [f"experiment={experiment}", f"paths.cache_dir={args.cache_dir}"])
     if not args.smoke and not (args.cache_dir / "shapes" / "base" / "model_index.json").is_file():
         sys.exit(f"error: no shapes world base model in {args.cache_dir}/shapes/base: run `make demo` first")
-    module = build_module(cfg)
-    module.preservation.cache_teacher(module)
-    data = instantiate(cfg.data, tokenizer=module.tokenizer)
-    data.prepare_data()
-    data.setup("fit")
-    batch = next(iter(data.train_dataloader()))
-    module.train()
+    module, batch = module_and_batch(cfg)
     steps = {name: step_fn(module, batch, name == "on") for name in ("off", "on")}
     for fn in steps.values():  # warm-up
         fn()
