@@ -16,6 +16,7 @@ process, so its peak RSS (load included) is its own:
   ours         sample.py's defaults (conf/sampling/default.yaml) through load_for_inference + generate:
                engine.backend=auto (the runtime measured fastest on this CPU; the first run's choice is cached)
                and the guidance interval [0.2, 0.8] (9 of 15 steps guided; unguided steps run one batch-1 pass)
+  ours-10      ours at 10 DPM-Solver++ steps (FEW), the same interval: 6 of 10 steps guided (torch-gi-10: on torch)
   ours-full    ours with every step guided (guidance_interval=[0.0,1.0], diffusers' plain CFG); every
                variant below without -gi guides every step too
   torch-fp32   torch with dtype=fp32, the reference of the latents' error (skipped when torch is fp32)
@@ -77,12 +78,15 @@ from ldm.hardware import cpu_has_native_bf16
 PROMPT = "A dog running on the beach at sunset"
 BASELINE_STEPS = 50
 GI, FULL, DC = "guidance_interval=[0.2,0.8]", "guidance_interval=[0.0,1.0]", "deep_cache.interval=3"
+# the few-step setting: DPM-Solver++ at 10 steps (adherence: benchmarks/adherence.py --variants dpm++-10)
+FEW = ["scheduler=dpm++", "steps=10"]
 TORCH, INT8 = ["engine.backend=torch"], ["engine.quantize=int8", f"engine.calibration_prompts=['{PROMPT}']"]
 OVERRIDES: dict[str, list[str]] = {  # variant -> sample.py overrides; without GI every step is guided (FULL)
     "ours-full": [],
     "torch": TORCH,
     "torch-fp32": [*TORCH, "dtype=fp32"],
     "torch-gi": [*TORCH, GI],
+    "torch-gi-10": [*TORCH, GI, *FEW],
     "openvino": ["engine.backend=openvino"],
     "openvino-gi": ["engine.backend=openvino", GI],
     "openvino-int8": ["engine.backend=openvino", *INT8],
@@ -99,10 +103,17 @@ OVERRIDES: dict[str, list[str]] = {  # variant -> sample.py overrides; without G
 }
 VARIANTS = {  # ours: sample.py's defaults as they are (the guidance interval [0.2, 0.8] included)
     "ours": [],
+    "ours-10": FEW,  # the few-step setting: 6 of 10 steps guided
     **{name: overrides if GI in overrides else [*overrides, FULL] for name, overrides in OVERRIDES.items()},
 }
 # the variant a row takes the step kinds it did not measure warm from: the same run without the interval
-SIBLINGS = {"ours": "ours-full", **{v: v.removesuffix("-gi") for v in VARIANTS if v.endswith("-gi")}}
+SIBLINGS = {
+    "ours": "ours-full",
+    "ours-10": "ours-full",
+    "torch-gi-10": "torch",
+    **{v: v.removesuffix("-gi") for v in VARIANTS if v.endswith("-gi")},
+}
+FEW_STEP_TWINS = {"ours-10": "ours", "torch-gi-10": "torch-gi"}  # few-step variant -> the same at 15 steps
 QUICK = ["baseline", "ours", "ours-full", "torch", "torch-gi", "torch-fp32", "deep-cache", "openvino", "openvino-gi",
          "openvino-int8", "openvino-int8-gi", "openvino-deep-cache", "openvino-deep-cache-gi",
          "openvino-int8-deep-cache", "openvino-int8-deep-cache-gi"]  # fmt: skip
@@ -553,6 +564,10 @@ def print_report(
     elif base and "ours" in results:
         why = image_cell("ours", results["ours"])
         lines.append(f"speed-up of sample.py's default over the baseline: not measured ({why})")
+    for few, twin in FEW_STEP_TWINS.items():
+        few_s, twin_s = results.get(few, {}).get("image_s"), results.get(twin, {}).get("image_s")
+        if few_s and twin_s:
+            lines.append(f"speed-up of {few} (10 steps) over {twin} (15 steps), same run: {twin_s / few_s:.2f}x")
     return "\n".join(lines)
 
 

@@ -160,6 +160,17 @@ def test_each_scheduler_renders(model, cfg, name: str) -> None:
         assert make_scheduler(name, model.noise_scheduler.config).config.clip_sample is False
 
 
+def test_karras_sigmas_refuse_a_zero_terminal_snr_base(model) -> None:
+    """Karras sigmas start at the largest sigma, infinite under zero-terminal SNR: a clear error, not noise."""
+    # as a zero-SNR base saves it (diffusers drops keys listed in _use_default_values when it loads a config)
+    config = {k: v for k, v in model.noise_scheduler.config.items() if k != "_use_default_values"}
+    zero_snr = {**config, "rescale_betas_zero_snr": True}
+    with pytest.raises(SamplingError, match=r"scheduler='dpm\+\+_karras': Karras sigmas .* zero-terminal SNR"):
+        make_scheduler("dpm++_karras", zero_snr)
+    assert make_scheduler("dpm++_karras", model.noise_scheduler.config).config.use_karras_sigmas is True
+    assert make_scheduler("unipc", zero_snr).config.rescale_betas_zero_snr is True
+
+
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
@@ -171,7 +182,7 @@ def test_each_scheduler_renders(model, cfg, name: str) -> None:
         ({"steps": 5000}, "at most 1000"),
         ({"guidance_scale": -1.0}, "guidance_scale"),
         ({"seed": -1}, "seed=-1"),
-        ({"scheduler": "lms"}, "expected one of ddim, dpm\\+\\+, euler, euler_a, pndm"),
+        ({"scheduler": "lms"}, "expected one of ddim, dpm\\+\\+, euler, euler_a, pndm, dpm\\+\\+_karras, unipc"),
         ({"num_images": 0}, "num_images"),
         ({"guidance_rescale": 1.5}, r"guidance_rescale=1.5: expected a number in \[0, 1\]"),
     ],

@@ -17,6 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from transformers import CLIPTokenizer
 
+from benchmarks.shapes_words import words_table
 from ldm.assets import CLIP_TOKENIZER_DIR
 from ldm.data.datamodule import Flickr8kDataModule
 from ldm.generation.checkpoints import build_model
@@ -24,15 +25,15 @@ from ldm.generation.loading import prepare_for_inference
 from ldm.generation.pipeline import generate
 from ldm.generation.settings import SampleSettings
 from ldm.training.run import build_module
-from ldm.world.adherence import SamplingPlan, eval_prompts, render, score
+from ldm.world.adherence import SamplingPlan, accuracy_by_value, eval_prompts, render, score
 from ldm.world.export import JudgeNotGoodEnough, load_judge
 from ldm.world.generator import VOCABULARY_ROOTS, write_world
 from ldm.world.judge import jitter_colours
-from ldm.world.pipeline import PIPELINE_PARTS
+from ldm.world.pipeline import PIPELINE_PARTS, start_new_words_from_mean
 from ldm.world.report import format_table
 from ldm.world.scenes import all_combinations
 from ldm.world.stages import run_all
-from ldm.world.vocab import ATTRIBUTES, BASE, NEW, VOCABULARIES, parse_caption
+from ldm.world.vocab import ATTRIBUTES, BASE, NEW, VALUES, VOCABULARIES, caption_token_ids, parse_caption
 from tests.conftest import CONF_DIR, compose_config, torch_threads
 
 CONF_DATA = Path(CONF_DIR) / "data"
@@ -310,3 +311,75 @@ def test_one_cache_named_two_ways_has_one_fingerprint(tmp_path: Path) -> None:
     assert of(f"paths.cache_dir={Path('.cache').resolve()}", "paths.output_dir=b") == relative
     assert of(f"paths.cache_dir={tmp_path}", "paths.output_dir=a") == relative
     assert of("paths.cache_dir=.cache", "paths.output_dir=a", "trainer.max_steps=601") != relative
+
+
+def test_accuracy_by_value_finds_the_one_word_a_mean_hides() -> None:
+    """One position judged wrong every time, every other value right: its own row says 0% and what was seen,
+    the others 100%, while the position mean would still read 80%."""
+    prompts = eval_prompts("new", 120, "held_out", 0)
+    wanted = {attr: torch.tensor([VALUES[attr].index(p.attributes[attr]) for p in prompts]) for attr in ATTRIBUTES}
+    predicted = dict(wanted)
+    left, centre = VALUES["position"].index("left"), VALUES["position"].index("center")
+    predicted["position"] = torch.where(wanted["position"] == left, centre, wanted["position"])
+    by_value = accuracy_by_value(predicted, prompts)
+    assert by_value["position"]["left"]["accuracy"] == 0.0 and by_value["position"]["left"]["instead"] == {"center": 24}
+    assert by_value["position"]["left"]["ci95"][1] < 0.2 and by_value["position"]["left"]["n"] == 24
+    others = [cell for attr in ATTRIBUTES for value, cell in by_value[attr].items() if value != "left"]
+    assert len(others) == 14 and all(cell["accuracy"] == 1.0 and cell["instead"] == {} for cell in others)
+    table = words_table({"held_out": by_value, "train": by_value}, "new")
+    assert "| position | left | toward the west | 0.0 [0, 14] | center 24 |" in table
+
+
+def test_caption_token_ids_are_the_tokens_of_every_caption(tokenizer) -> None:
+    for vocab in VOCABULARIES.values():
+        ids = {
+            i
+            for attrs in all_combinations()
+            for template in (*vocab.templates, *vocab.held_out)
+            for i in tokenizer(vocab.caption(attrs, template), add_special_tokens=False).input_ids
+        }
+        assert caption_token_ids(vocab, tokenizer) == ids
+
+
+def test_new_words_start_from_the_mean_of_the_base_words(tokenizer) -> None:
+    """Only the rows that new captions alone use change: to the base rows' mean, apart by the small noise."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    config = CLIPTextConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                            vocab_size=tokenizer.vocab_size)  # fmt: skip
+    torch.manual_seed(0)
+    exact, noisy = CLIPTextModel(config), CLIPTextModel(config)
+    noisy.load_state_dict(exact.state_dict())
+    before = exact.get_input_embeddings().weight.detach().clone()
+    changed = start_new_words_from_mean(exact, tokenizer, noise=0.0)
+    base_ids = sorted(caption_token_ids(BASE, tokenizer))
+    assert set(changed) == caption_token_ids(NEW, tokenizer) - set(base_ids)
+    words = {tokenizer.convert_ids_to_tokens(i) for i in changed}
+    assert words >= {"east</w>", "west</w>", "crimson</w>", "toward</w>"}
+    after = exact.get_input_embeddings().weight.detach()
+    assert torch.equal(after[changed], before[base_ids].mean(dim=0).expand(len(changed), -1))
+    untouched = torch.ones(len(after), dtype=torch.bool)
+    untouched[changed] = False
+    assert torch.equal(after[untouched], before[untouched])
+    assert start_new_words_from_mean(noisy, tokenizer) == changed  # the default: 0.01 noise keeps the rows apart
+    rows = noisy.get_input_embeddings().weight.detach()[changed]
+    assert len({tuple(row.tolist()) for row in rows}) == len(changed) and (rows - after[changed]).abs().max() < 0.06
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.text_encoder=/some/stage3/text_encoder", "model.text_encoder='/some/stage3/text_encoder': expected"),
+        ("model/adapter=shapes", "with a LoRA adapter: expected model.adapter=null"),
+    ],
+)
+def test_new_words_from_mean_refuses_what_it_would_break(override: str, message: str, tmp_path: Path) -> None:
+    from ldm.errors import ConfigError
+    from ldm.world.pipeline import finetuner
+
+    cfg = compose_config(
+        "train", ["experiment=shapes", "model.new_words_from_mean=true", f"paths.cache_dir={tmp_path}", override]
+    )
+    kwargs = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if k != "_target_"}
+    with pytest.raises(ConfigError, match=message):  # before anything is loaded: no stage 2 exists here
+        finetuner(**kwargs)

@@ -35,6 +35,9 @@ SAMPLERS = {
     "k_euler": "euler",
     "DPM++ 2M": "dpm++",
     "k_dpmpp_2m": "dpm++",
+    "DPM++ 2M Karras": "dpm++_karras",
+    "k_dpmpp_2m_ka": "dpm++_karras",
+    "UniPC": "unipc",
     "DDIM": "ddim",
     "PLMS": "pndm",
 }

@@ -6,7 +6,8 @@ attribute classifier of `ldm.world.judge`, accepted only after its accuracy chec
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,6 +108,30 @@ def score(judge: AttributeCNN, images: Sequence[Image.Image], prompts: Sequence[
         wanted = torch.tensor([VALUES[attr].index(p.attributes[attr]) for p in prompts])
         result[attr] = float((predicted[attr] == wanted).float().mean())
     result["mean"] = float(np.mean([result[a] for a in ATTRIBUTES]))
+    return result
+
+
+def accuracy_by_value(predicted: Mapping[str, torch.Tensor], prompts: Sequence[Prompt]) -> dict[str, Any]:
+    """Per attribute value: the share of its prompts judged right, its 95% interval, and what was seen instead.
+
+    Why: the mean over an attribute's values hides a single word the text encoder never learned (one of
+    five positions at chance reads as 80% on the position mean). `predicted`: the judge's class index per
+    image and attribute (`AttributeCNN.predict`), in the order of `prompts`.
+    """
+    result: dict[str, Any] = {}
+    for attr in ATTRIBUTES:
+        seen: dict[str, Counter[str]] = {value: Counter() for value in VALUES[attr]}
+        for prompt, index in zip(prompts, predicted[attr].tolist(), strict=True):
+            seen[prompt.attributes[attr]][VALUES[attr][index]] += 1
+        result[attr] = {}
+        for value, counts in seen.items():
+            n = sum(counts.values())
+            if n == 0:
+                continue
+            share = counts[value] / n
+            instead = {other: c for other, c in counts.most_common() if other != value}
+            interval = list(wilson_interval(share, n))
+            result[attr][value] = {"accuracy": share, "n": n, "ci95": interval, "instead": instead}
     return result
 
 

@@ -16,10 +16,11 @@ from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionMod
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from ldm.assets import CLIP_TOKENIZER_DIR
-from ldm.errors import ConfigError
+from ldm.errors import ConfigError, require
 from ldm.files import write_folder
 from ldm.generation.schedulers import make_scheduler
 from ldm.training.module import TextEncoderFineTuner
+from ldm.world.vocab import BASE, NEW, caption_token_ids
 
 PIPELINE_PARTS = ("model_index.json", "vae", "unet", "text_encoder", "tokenizer", "scheduler")
 
@@ -105,7 +106,49 @@ def require_pipeline(path: str) -> str:
     return path
 
 
-def finetuner(**kwargs: Any) -> TextEncoderFineTuner:
-    """Stage 3's module: `TextEncoderFineTuner` (unchanged) on the stage-2 folder; a clear error if it is missing."""
+def finetuner(*, new_words_from_mean: bool = False, **kwargs: Any) -> TextEncoderFineTuner:
+    """Stage 3's module: `TextEncoderFineTuner` (unchanged) on the stage-2 folder; a clear error if it is missing.
+
+    new_words_from_mean: first give every token that only new-vocabulary captions use the mean embedding of
+    the tokens base captions use (`start_new_words_from_mean`). It needs the base's own text encoder (a
+    separately given one, such as stage 3's export that the reward stage refines, trained those rows
+    already) and no LoRA adapter (peft copies the embedding rows it trains when it wraps the encoder).
+    """
+    if new_words_from_mean:
+        given = kwargs.get("text_encoder")
+        require(
+            given is None,
+            f"model.new_words_from_mean=true with model.text_encoder={given!r}: expected model.text_encoder=null "
+            "(a given encoder trained those rows already) or model.new_words_from_mean=false",
+        )
+        require(
+            not kwargs.get("adapter"),
+            "model.new_words_from_mean=true with a LoRA adapter: expected model.adapter=null or "
+            "model.new_words_from_mean=false (peft copies the rows it trains when it wraps the encoder, before this)",
+        )
     require_pipeline(kwargs["pretrained"])
-    return TextEncoderFineTuner(**kwargs)
+    module = TextEncoderFineTuner(**kwargs)
+    if new_words_from_mean:
+        start_new_words_from_mean(module.text_encoder, module.tokenizer)
+    return module
+
+
+def start_new_words_from_mean(text_encoder: Any, tokenizer: Any, noise: float = 0.01, seed: int = 0) -> list[int]:
+    """Set the embedding rows of tokens only the new vocabulary uses to the base tokens' mean (+ small noise).
+
+    Why: stage 2 trains its text encoder from scratch on base captions, so every other row keeps its random
+    initialisation. A real pretrained encoder has no such rows. The frozen U-Net reads a random row as
+    something, and on some world seeds one new word started where stage 3 never moved it to its meaning,
+    whatever the lr, batch size, epochs or mission seed (docs/preservation.md). The mean says nothing, like
+    transformers' `resize_token_embeddings(mean_resizing=True)` for added tokens; the noise keeps the rows
+    apart. Returns the ids it set.
+    """
+    embeddings = text_encoder.get_input_embeddings().weight
+    base_ids = caption_token_ids(BASE, tokenizer)
+    new_ids = sorted(caption_token_ids(NEW, tokenizer) - base_ids)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        mean = embeddings[sorted(base_ids)].mean(dim=0)
+        spread = noise * torch.randn(len(new_ids), embeddings.shape[1], generator=generator)
+        embeddings[new_ids] = (mean + spread).to(embeddings.dtype)
+    return new_ids

@@ -13,6 +13,7 @@ import random
 import re
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import Any
 
 from ldm.data.synthetic import COLOURS, POSITIONS, SHAPES
 
@@ -135,3 +136,15 @@ def parse_caption(caption: str) -> tuple[str, dict[str, str]] | None:
         if attrs is not None:
             return vocab.name, attrs
     return None
+
+
+def caption_token_ids(vocab: Vocabulary, tokenizer: Any) -> set[int]:
+    """Every token id a caption of `vocab` can hold: its templates (held-out ones too) and its words.
+
+    CLIP's tokenizer lowercases and splits words before BPE, so tokenizing the pieces apart gives the ids
+    of every filled-in caption (the tests compare it with the tokenized captions).
+    """
+    slots = {attr: " " for attr in ATTRIBUTES}
+    texts = [t.format(**slots) for t in (*vocab.templates, *vocab.held_out)]
+    texts += [phrase for words in vocab.words.values() for phrase in words.values()]
+    return {i for text in texts for i in tokenizer(text, add_special_tokens=False).input_ids}
