@@ -137,11 +137,10 @@ def start_new_words_from_mean(text_encoder: Any, tokenizer: Any, noise: float = 
     """Set the embedding rows of tokens only the new vocabulary uses to the base tokens' mean (+ small noise).
 
     Why: stage 2 trains its text encoder from scratch on base captions, so every other row keeps its random
-    initialisation. A real pretrained encoder has no such rows. The frozen U-Net reads a random row as
-    something, and on some world seeds one new word started where stage 3 never moved it to its meaning,
-    whatever the lr, batch size, epochs or mission seed (docs/preservation.md). The mean says nothing, like
-    transformers' `resize_token_embeddings(mean_resizing=True)` for added tokens; the noise keeps the rows
-    apart. Returns the ids it set.
+    initialisation, which a real pretrained encoder never has and the frozen U-Net reads as something. The
+    mean says nothing, like transformers' `resize_token_embeddings(mean_resizing=True)` for added tokens; the
+    noise keeps the rows apart. Opt-in: on world seed 2 it taught the one new word stage 3 never learned from
+    its random row, on seed 1 it did not, and seed 0 lost base shape (docs/preservation.md). Returns the ids.
     """
     embeddings = text_encoder.get_input_embeddings().weight
     base_ids = caption_token_ids(BASE, tokenizer)
