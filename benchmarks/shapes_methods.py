@@ -3,6 +3,8 @@
 python benchmarks/shapes_methods.py                              # every variant, 360 prompts per vocabulary
 python benchmarks/shapes_methods.py --variants stage3 lora-r4    # some of them
 python benchmarks/shapes_methods.py --set trainer.max_epochs=3   # any train.py override, every variant
+python benchmarks/shapes_methods.py --define rw-lr3e-4=stage3+reward:optimizer.lr=3e-4 \
+    --variants stage3 stage3+reward rw-lr3e-4                     # a sweep: variants defined on the command line
 
 Each variant is one `python train.py experiment=...` process after the world's cached stages (VAE, base model,
 evaluation judge, reward judge; built by `demo.py` first when missing). Its adherence report renders the same
@@ -44,6 +46,25 @@ VARIANTS: dict[str, list[str]] = {  # variant -> train.py overrides
 # demo.py's cached stages: the evaluation judge's chain and the reward judge's (as demo.py extras runs them)
 CACHED = ("[shapes_vae,shapes_base,shapes_judge]", "[shapes_vae,shapes_base,shapes_reward_judge]")
 SHARES = (*ATTRIBUTES, "mean")  # the columns of each adherence table, per vocabulary
+
+
+def define_variants(definitions: list[str]) -> list[str]:
+    """Add `NAME=VARIANT:OVERRIDE,OVERRIDE` variants (VARIANT's overrides, then these); their names, in order.
+
+    Why: a sweep of one method changes a few of its settings, and --set would change every variant's,
+    stage 3's included."""
+    names = []
+    for definition in definitions:
+        name, _, rest = definition.partition("=")
+        parent, _, overrides = rest.partition(":")
+        if not name or parent not in VARIANTS or not overrides or name in VARIANTS:
+            sys.exit(
+                f"error: --define {definition!r}: expected NAME=VARIANT:OVERRIDE[,OVERRIDE...] with a new NAME and "
+                f"VARIANT one of {', '.join(VARIANTS)}"
+            )
+        VARIANTS[name] = [*VARIANTS[parent], *overrides.split(",")]
+        names.append(name)
+    return names
 
 
 def run_measured(args: list[str], log_path: Path) -> tuple[int, float, float]:
@@ -182,7 +203,11 @@ def cost_table(results: dict[str, dict[str, Any]]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    choices = f"of {', '.join(VARIANTS)} and --define's"
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), help=choices)
+    parser.add_argument(
+        "--define", nargs="*", default=[], metavar="NAME=VARIANT:OVERRIDE,...", help="an extra variant (a sweep's)"
+    )
     parser.add_argument("--prompts", type=int, default=360, help="held-out prompts per vocabulary, one seed each")
     parser.add_argument("--cache-dir", type=Path, default=default_cache_dir())
     parser.add_argument("--set", nargs="*", default=[], help="train.py overrides for every variant")
@@ -193,6 +218,10 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, default=ROOT / "outputs" / "benchmarks" / time.strftime("%Y%m%d-%H%M%S"))
     parser.add_argument("--reuse", action="store_true", help="read back variants already finished in --runs")
     args = parser.parse_args()
+    define_variants(args.define)
+    unknown = [v for v in args.variants if v not in VARIANTS]
+    if unknown:
+        parser.error(f"--variants {' '.join(unknown)}: expected some of {', '.join(VARIANTS)}")
     args.cache_dir = args.cache_dir.resolve()
     args.set = [*args.world, *args.set]
     args.runs.mkdir(parents=True, exist_ok=True)

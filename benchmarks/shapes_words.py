@@ -2,6 +2,7 @@
 
 python benchmarks/shapes_words.py --checkpoint outputs/DATE/TIME/checkpoints/last.ckpt        # the demo's world
 python benchmarks/shapes_words.py --world .cache/shapes-seeds/seed-2/shapes --checkpoint CKPT --name shapes_words-seed-2
+python benchmarks/shapes_words.py --world W --checkpoint CKPT --copy-row west=left   # can the encoder say it at all?
 
 Renders the held-out and the training templates of one vocabulary (`--prompts` each, every combination of
 shape, colour and position equally often, prompt i with seed i) with the demo report's sampler
@@ -30,7 +31,23 @@ from benchmarks.common import compose_project_config, default_cache_dir, table, 
 TEMPLATE_SETS = ("held_out", "train")
 
 
-def judged(world: Path, checkpoint: str, vocabulary: str, prompts: int, threads: int) -> dict[str, Any]:
+def copy_rows(module: Any, pairs: list[str]) -> None:
+    """`WORD=SOURCE`: give WORD's token-embedding row SOURCE's. Why: whether the encoder *can* say a word that
+    stage 3 never learned (copy a known word's row into it and judge again) tells an optimisation failure from a
+    model that cannot express it."""
+    tokenizer, table = module.tokenizer, module.text_encoder.get_input_embeddings().weight
+    for pair in pairs:
+        word, _, source = pair.partition("=")
+        ids = [tokenizer(w, add_special_tokens=False).input_ids for w in (word, source)]
+        if not word or not source or any(len(i) != 1 for i in ids):
+            raise SystemExit(f"error: --copy-row {pair!r}: expected WORD=SOURCE, two words of one CLIP token each")
+        with __import__("torch").no_grad():
+            table[ids[0][0]] = table[ids[1][0]]
+
+
+def judged(
+    world: Path, checkpoint: str, vocabulary: str, prompts: int, threads: int, copy: list[str] = ()
+) -> dict[str, Any]:
     """accuracy_by_value per template set, rendered as the demo's adherence report renders."""
     import torch
 
@@ -48,6 +65,7 @@ def judged(world: Path, checkpoint: str, vocabulary: str, prompts: int, threads:
     judge, _ = load_judge(world / "judge")
     cfg = compose_sample(str(world / "base"), checkpoint, ["engine.backend=torch", "dtype=fp32"])
     module = load_for_inference(cfg, base_override=True)
+    copy_rows(module, list(copy))
     result = {}
     for templates in TEMPLATE_SETS:
         chosen = eval_prompts(vocabulary, prompts, templates, plan.seed)
@@ -85,16 +103,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--name", default="shapes_words")
+    parser.add_argument(
+        "--copy-row", nargs="*", default=[], metavar="WORD=SOURCE", help="e.g. west=left (see copy_rows)"
+    )
     args = parser.parse_args(argv)
     for needed in (args.world / "base", args.world / "judge"):
         if not needed.is_dir():
             parser.error(f"--world {args.world}: no {needed.name}/ in it (expected a shapes cache; run `make demo`)")
-    result = judged(args.world, args.checkpoint, args.vocabulary, args.prompts, args.threads)
+    result = judged(args.world, args.checkpoint, args.vocabulary, args.prompts, args.threads, args.copy_row)
     report = "\n".join(
         [
             "## shapes_words: adherence per word after stage 3",
             "",
-            f"world {args.world}, checkpoint {args.checkpoint}; {args.prompts} {args.vocabulary}-vocabulary prompts "
+            f"world {args.world}, checkpoint {args.checkpoint}"
+            + (f" with rows copied ({', '.join(args.copy_row)})" if args.copy_row else "")
+            + f"; {args.prompts} {args.vocabulary}-vocabulary prompts "
             "per template set, prompt i seed i; [low, high]: 95% interval; seen instead: the judge's other answers",
             "",
             words_table(result, args.vocabulary),

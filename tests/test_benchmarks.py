@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -353,3 +354,45 @@ def test_serving_load_smoke_reports_every_figure_and_meets_its_bars(cache_dir: P
     report = (tmp_path / "serving_load.md").read_text()
     for figure in ("5xx answers other than 503", "/healthz p99", "largest queue_length", "RSS growth", "lscpu"):
         assert figure in report
+
+
+def test_shapes_methods_defines_a_sweep_variant_on_top_of_one_it_has(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--define NAME=VARIANT:OVERRIDES adds VARIANT's overrides, then these; a bad definition names itself."""
+    from benchmarks import shapes_methods
+
+    monkeypatch.setattr(shapes_methods, "VARIANTS", dict(shapes_methods.VARIANTS))
+    names = shapes_methods.define_variants(["rw-lr3e-4=stage3+reward:optimizer.lr=3e-4,objective.grad_steps=10"])
+    assert names == ["rw-lr3e-4"]
+    assert shapes_methods.VARIANTS["rw-lr3e-4"] == [
+        *shapes_methods.VARIANTS["stage3+reward"],
+        "optimizer.lr=3e-4",
+        "objective.grad_steps=10",
+    ]
+    for bad in ("rw=nosuch:optimizer.lr=1", "rw=stage3+reward", "stage3=stage3:optimizer.lr=1"):
+        with pytest.raises(SystemExit, match=f"--define '{re.escape(bad)}': expected NAME=VARIANT:OVERRIDE"):
+            shapes_methods.define_variants([bad])
+
+
+def test_shapes_words_copies_one_words_row_into_another() -> None:
+    """--copy-row west=left: only west's row changes, to left's; a word of two tokens is refused by name."""
+    from types import SimpleNamespace
+
+    import torch
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from benchmarks.shapes_words import copy_rows
+    from ldm.assets import CLIP_TOKENIZER_DIR
+
+    tokenizer = CLIPTokenizer.from_pretrained(CLIP_TOKENIZER_DIR)
+    config = CLIPTextConfig(hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2)
+    torch.manual_seed(0)
+    module = SimpleNamespace(tokenizer=tokenizer, text_encoder=CLIPTextModel(config))
+    table = module.text_encoder.get_input_embeddings().weight
+    before = table.detach().clone()
+    copy_rows(module, ["west=left"])
+    west, left = (tokenizer(w, add_special_tokens=False).input_ids[0] for w in ("west", "left"))
+    assert torch.equal(table[west], before[left])
+    changed = (table.detach() != before).any(dim=1).nonzero().flatten().tolist()
+    assert changed == [west]
+    with pytest.raises(SystemExit, match="--copy-row 'toward the west=left': expected WORD=SOURCE"):
+        copy_rows(module, ["toward the west=left"])

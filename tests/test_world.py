@@ -383,3 +383,76 @@ def test_new_words_from_mean_refuses_what_it_would_break(override: str, message:
     kwargs = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if k != "_target_"}
     with pytest.raises(ConfigError, match=message):  # before anything is loaded: no stage 2 exists here
         finetuner(**kwargs)
+
+
+def test_new_word_search_gives_each_word_the_row_with_the_lowest_loss(stages, tmp_path: Path) -> None:
+    """Every new attribute word ends on the candidate row (its own or a base token's) whose loss is lowest."""
+    from ldm.world.word_search import (
+        caption_batches,
+        loss_of_rows,
+        new_word_token_ids,
+        search_new_word_rows,
+        training_samples,
+    )
+
+    shapes, _, _ = stages
+    cfg = compose_config(
+        "train", ["experiment=shapes", f"paths.output_dir={tmp_path}", f"paths.cache_dir={shapes.parent}", *SMALL]
+    )
+    module = build_module(cfg)
+    tokenizer, table = module.tokenizer, module.text_encoder.get_input_embeddings().weight
+    before = table.detach().clone()
+    samples = training_samples(shapes / "world" / "mix", "auto", val_fraction=0.1, split_seed=0)
+    with torch_threads(1):
+        chosen = search_new_word_rows(module, samples, captions_per_word=4)
+    word_ids = new_word_token_ids(tokenizer)
+    assert {tokenizer.decode([i]) for i in word_ids} >= {"west", "east", "crimson", "toward"}
+    assert set(chosen) == {tokenizer.decode([i]) for i in word_ids}  # the toy world's captions hold every word
+    after = table.detach()
+    others = torch.ones(len(after), dtype=torch.bool)
+    others[word_ids] = False
+    assert torch.equal(after[others], before[others])  # no other row moves
+    assert any(source != "(its own row)" for source in chosen.values())
+    # the last word searched, with every earlier choice in place: no candidate row beats the one it kept
+    last = word_ids[-1]
+    pixels, ids = caption_batches(module, samples, word_ids, captions_per_word=4, seed=0)[last]
+    base_ids = sorted(caption_token_ids(BASE, tokenizer))
+    with torch.no_grad(), torch_threads(1):
+        score = loss_of_rows(module, pixels, ids, seed=0)
+        kept, losses = score(), []
+        for row in [before[last].clone(), *(after[i].clone() for i in base_ids)]:
+            table.data[last] = row
+            losses.append(score())
+    assert kept == pytest.approx(min(losses), abs=1e-7) and max(losses) > kept
+
+
+@pytest.mark.parametrize(
+    ("hparams", "adapter", "message"),
+    [
+        ({"text_encoder": "/runs/stage3/final_model"}, None, "model.text_encoder='/runs/stage3/final_model': expected"),
+        ({"text_encoder": None}, {"rank": 4}, "with a LoRA adapter: expected model.adapter=null"),
+    ],
+)
+def test_new_word_search_refuses_rows_that_were_trained_or_are_not_its_own(hparams, adapter, message) -> None:
+    from types import SimpleNamespace
+
+    from ldm.errors import ConfigError
+    from ldm.world.word_search import NewWordSearch
+
+    search = NewWordSearch(root="/nowhere", layout="auto", val_fraction=0.1, split_seed=0)
+    with pytest.raises(ConfigError, match=message):
+        search.setup(SimpleNamespace(), SimpleNamespace(hparams=hparams, adapter=adapter), "fit")
+
+
+def test_new_word_search_leaves_a_resumed_run_as_trained() -> None:
+    from types import SimpleNamespace
+
+    from ldm.world.word_search import NewWordSearch
+
+    search = NewWordSearch(root="/nowhere", layout="auto", val_fraction=0.1, split_seed=0)
+    search.on_train_start(SimpleNamespace(ckpt_path="last.ckpt"), SimpleNamespace())  # a search would fail here
+    assert search.chosen == {}
+    from ldm.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="'/nowhere', which does not exist"):
+        search.on_train_start(SimpleNamespace(ckpt_path=None), SimpleNamespace())
