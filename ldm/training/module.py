@@ -153,12 +153,19 @@ class TextEncoderFineTuner(L.LightningModule):
         noise = torch.randn(latents.shape, generator=generator, device=latents.device)
         steps = self.noise_scheduler.config.num_train_timesteps
         timesteps = torch.randint(0, steps, (latents.shape[0],), generator=generator, device=latents.device)
+        return self.denoising_loss(latents, noise, timesteps, batch["input_ids"])
+
+    def denoising_loss(
+        self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor, input_ids: torch.Tensor
+    ) -> torch.Tensor:
+        """MSE of the U-Net's prediction (epsilon or v, as the scheduler says) for these latents noised to
+        `timesteps`, conditioned on the text encoder's output for `input_ids`."""
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
         if self.noise_scheduler.config.prediction_type == "v_prediction":
             target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
         else:
             target = noise
-        hidden = self.encode_text(batch["input_ids"])  # (B, 77, cross_attention_dim)
+        hidden = self.encode_text(input_ids)  # (B, 77, cross_attention_dim)
         pred = self.unet(noisy.to(self.unet.dtype), timesteps, hidden.to(self.unet.dtype)).sample
         return F.mse_loss(pred.float(), target.float())
 

@@ -23,12 +23,12 @@ from typing import Any
 
 import lightning.pytorch as L
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from ldm.data.images import ImageTransform
 from ldm.data.layouts import Sample, load_folder
 from ldm.errors import ConfigError
+from ldm.generation.pipeline import native_size
 from ldm.world.vocab import BASE, NEW, caption_token_ids
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ def caption_batches(
     """{word id: (pixels, token ids)} of up to `captions_per_word` training captions that hold the word, drawn
     with `seed`; a word no caption holds is left out."""
     tokenizer = module.tokenizer
-    transform = ImageTransform(module_resolution(module), random_crop=False, random_flip=False)
+    transform = ImageTransform(native_size(module), random_crop=False, random_flip=False)
     pairs = [(s.image, c) for s in samples for c in s.captions]
     held = [set(ids) for ids in tokenizer([c for _, c in pairs], add_special_tokens=False).input_ids]
     rng = random.Random(seed)
@@ -156,32 +156,19 @@ def search_new_word_rows(
     return chosen
 
 
-def module_resolution(module: Any) -> int:
-    """The pixel side the U-Net's latent size stands for."""
-    factor = 2 ** (len(module.vae.config.block_out_channels) - 1)
-    return int(module.unet.config.sample_size) * factor
-
-
 def loss_of_rows(module: Any, pixels: torch.Tensor, input_ids: torch.Tensor, seed: int):
     """A function that scores the text encoder as it is when called: the training loss (v or epsilon) of the
     frozen U-Net on these captions, at latents, noise and timesteps fixed by `seed` once for every call."""
     generator = torch.Generator().manual_seed(seed)
-    device, dtype = module.unet.device, module.unet.dtype
     posterior = module.vae.encode(pixels.to(module.vae.device, module.vae.dtype)).latent_dist
     latents = posterior.sample(generator).float() * module.vae.config.scaling_factor
     noise = torch.randn(latents.shape, generator=generator)
     steps = module.noise_scheduler.config.num_train_timesteps
     timesteps = torch.randint(steps // 2, steps, (len(latents),), generator=generator)
-    noisy = module.noise_scheduler.add_noise(latents, noise, timesteps)
-    if module.noise_scheduler.config.prediction_type == "v_prediction":
-        target = module.noise_scheduler.get_velocity(latents, noise, timesteps)
-    else:
-        target = noise
-    noisy, timesteps, target = noisy.to(device, dtype), timesteps.to(device), target.to(device)
-    input_ids = input_ids.to(device)
+    device = module.unet.device
+    latents, noise, timesteps, input_ids = (t.to(device) for t in (latents, noise, timesteps, input_ids))
 
     def score() -> float:
-        hidden = module.encode_text(input_ids).to(dtype)
-        return float(F.mse_loss(module.unet(noisy, timesteps, hidden).sample.float(), target.float()))
+        return float(module.denoising_loss(latents, noise, timesteps, input_ids))
 
     return score
