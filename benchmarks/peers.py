@@ -1,8 +1,8 @@
 """The tools people use instead, rendering the same SD1.5-size model on this CPU, each in its own process.
 
-python benchmarks/peers.py                                   # every peer, 512 px, 15 and 20 steps
+python benchmarks/peers.py --threads 2                       # every peer, 512 px, 15 and 20 steps (hours)
 python benchmarks/peers.py --peers sdcpp-f16 --steps 20      # one peer, one step count
-python benchmarks/peers.py --peers diffusers ours-equal-work --model tiny-folder --size 64 --steps 3  # minutes
+python benchmarks/peers.py --peers diffusers ours-equal-work --model TINY --size 64 --steps 3  # a tiny folder: seconds
 python benchmarks/peers.py --smoke                           # tests: the table with no peer run (no build)
 
 Every peer renders the same prompt at `--size` px, seed 0, guidance 7.5, with DPM++ 2M where it offers it
@@ -260,9 +260,10 @@ def main(argv: list[str] | None = None) -> None:
         for peer in args.peers:
             results[peer] = {n: runs.run(peer, n) for n in args.steps}
             print(f"{peer}: done", file=sys.stderr, flush=True)
+    model = "random-weight SD1.5 components" if args.model is None else f"the folder {args.model.name}"
     text = (
         f"{args.size} px, guidance 7.5, DPM++ 2M where the peer has it, seed 0, {args.threads} threads, one prompt "
-        f"({PROMPT!r}); the model: random-weight SD1.5 components, as a diffusers folder (fp32), and for "
+        f"({PROMPT!r}); the model: {model}, as a diffusers folder (fp32), and for "
         "stable-diffusion.cpp as this project's single-file export of it (fp16). s per step: the median of the "
         "guided steps after the first. pixel std: a blank image (std 0) would mean the model did not load right.\n\n"
         + table(HEADERS, rows_for(results, args.steps))
