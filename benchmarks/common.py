@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -23,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from benchmarks.worker_report import peak_rss_gib  # noqa: F401 (one definition; the peers' workers use it too)
 
 ROOT = Path(__file__).resolve().parents[1]
 SD15_CONFIG_DIR = Path(__file__).resolve().parent / "sd15_config"
@@ -125,11 +126,6 @@ def count_flops(fn: Callable[[], Any]) -> float:
     with counter:
         fn()
     return float(counter.get_total_flops())
-
-
-def peak_rss_gib() -> float:
-    """This process's peak resident set size (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB
 
 
 def machine_line() -> str:

@@ -207,8 +207,12 @@ class ExportTimer:
         self.cache.ensure_entry = self.ensure
 
 
-def run_ours(model: str, overrides: list[str], max_steps: int | None, threads: int | None, name: str) -> dict[str, Any]:
-    """sample.py's path: compose conf/sample.yaml (+ overrides), load_for_inference, generate."""
+def run_ours(
+    model: str, overrides: list[str], max_steps: int | None, threads: int | None, name: str, prompt: str = PROMPT
+) -> dict[str, Any]:
+    """sample.py's path: compose conf/sample.yaml (+ overrides), load_for_inference, generate.
+
+    The image comes back as `_image` (benchmarks/peers/ours_worker.py reads its pixels; run_worker drops it)."""
     from ldm.generation import fast as fast_sampling
     from ldm.generation.loading import load_for_inference
     from ldm.generation.pipeline import generate
@@ -216,7 +220,7 @@ def run_ours(model: str, overrides: list[str], max_steps: int | None, threads: i
 
     extra = [f"threads={threads}"] if threads else []
     cfg = compose_project_config(
-        "sample", [f"model.pretrained={model}", f"prompt={PROMPT}", "seed=0", *extra, *overrides]
+        "sample", [f"model.pretrained={model}", f"prompt={prompt}", "seed=0", *extra, *overrides]
     )
     start = time.perf_counter()
     timer = ExportTimer() if _has_openvino() else None
@@ -232,7 +236,7 @@ def run_ours(model: str, overrides: list[str], max_steps: int | None, threads: i
         module.vae.enable_tiling()
         module.vae.tile_sample_min_size, module.vae.tile_latent_min_size = 256, 32
     load = time.perf_counter() - start
-    settings = SampleSettings.from_config(cfg, [PROMPT])
+    settings = SampleSettings.from_config(cfg, [prompt])
     rec = Recorder(module.unet, module.vae, max_steps)
     fast = fast_sampling.installed(module)
     t0 = time.perf_counter()
@@ -255,6 +259,7 @@ def run_ours(model: str, overrides: list[str], max_steps: int | None, threads: i
     summary = _summary(rec, t0, t1, kinds, load, f"{scheduler} x{steps}", image.info["precision"], ", ".join(extras))
     summary["deep_cache"] = {"interval": interval, "branch": fast.branch if fast else 0}
     summary["export_s"] = export_s
+    summary["_image"] = image
     return summary
 
 
@@ -272,6 +277,7 @@ def run_worker(
         result.pop("_latents")  # another sampler: not compared
         return result
     result = run_ours(model, VARIANTS[variant], max_steps, threads, variant)
+    result.pop("_image")
     if latents is not None:
         torch.save(result.pop("_latents"), latents)
     return result
@@ -319,6 +325,7 @@ def _summary(
         "measured_steps": measured,
         "kinds": kinds,
         "step_s": per_kind,
+        "step_times": step_times,  # each measured step's seconds, in order (the first from its first U-Net call)
         "call_s": call_kind,
         "decode_s": decode,
         "after_s": after,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import importlib.util
 import itertools
 import json
 import os
@@ -9,6 +11,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -259,21 +262,164 @@ def test_omp_wait_smoke_times_each_policy_in_its_own_process(cache_dir: Path, tm
 
 
 def test_peers_table_shows_only_measured_figures(cache_dir: Path, tmp_path: Path) -> None:
-    """benchmarks/peers.py: a peer that failed, or that the script does not run, keeps its row with the reason and
-    no figure; a measured one shows its render, its median step and whether its venv was built in this run."""
-    from benchmarks.peers import NOT_RUN, rows_for
+    """benchmarks/peers.py: every peer has a row; one that failed, or that this run did not run, keeps it with the
+    reason and no figure; a measured one shows its render, its median step and its one-off costs of this run."""
+    from benchmarks.peers import PEERS, rows_for
 
     measured = {"image_s": 61.0, "step_s": [3.0, 2.0, 9.0], "peak_rss_gib": 2.5, "load_s": 4.0, "build_s": None,
-                "pixel_std": 40.0}  # fmt: skip
-    rows = rows_for({"sdcpp-f16": {20: measured}, "sdcpp-q8_0": {20: {"error": "not measured: it broke"}}}, [20])
-    assert rows[0] == ["sdcpp-f16", 20, "61.0", "3.00", "2.50", "4.0 s load; built earlier", "40.0"]
-    assert rows[1] == ["sdcpp-q8_0", 20, "not measured: it broke", "-", "-", "-", "-"]
-    assert [r[0] for r in rows[2:]] == list(NOT_RUN) and all(r[3:] == ["-"] * 4 for r in rows[2:])
-    result = run_benchmark("peers.py", cache_dir, "--out-dir", str(tmp_path))
+                "pixel_std": 40.0, "settings": "dpm++2m x20, f16"}  # fmt: skip
+    optimum = {**measured, "build_s": 170.0, "convert_s": 200.0, "compile_s": 9.5, "settings": "static"}
+    ours = {**measured, "export_s": 210.0, "settings": "dpm++ x20, fp32"}
+    del ours["build_s"]
+    results = {"sdcpp-f16": {20: measured}, "sdcpp-q8_0": {20: {"error": "not measured: it broke"}},
+               "optimum-intel-static": {20: optimum}, "ours-default": {20: ours}}  # fmt: skip
+    rows = {row[0]: row for row in rows_for(results, [20])}
+    assert list(rows) == list(PEERS)
+    assert rows["sdcpp-f16"] == ["sdcpp-f16", 20, "61.0", "3.00", "2.50", "4.0 s load; built earlier", "40.0",
+                                 "dpm++2m x20, f16"]  # fmt: skip
+    assert rows["sdcpp-q8_0"] == ["sdcpp-q8_0", 20, "not measured: it broke", *["-"] * 5]
+    assert rows["optimum-intel-static"][5] == "4.0 s load; 9.5 s compile; 200 s convert; 170 s build"
+    assert rows["ours-default"][5] == "4.0 s load; 210 s engine export"
+    for peer in set(PEERS) - set(results):
+        assert rows[peer] == [peer, "-", "not measured: not in this run's --peers", *["-"] * 5]
+    result = run_benchmark("peers.py", cache_dir, "--out-dir", str(tmp_path), "--image-dir", str(tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]
     written = json.loads((tmp_path / "peers.json").read_text())
     assert written["command"].startswith("python benchmarks/peers.py --smoke")
-    assert "| sdcpp-f16 | 15 | not measured: --smoke runs no peer | - |" in result.stdout
+    for peer in PEERS:
+        for steps in (15, 20):
+            assert f"| {peer} | {steps} | not measured: --smoke runs no peer | - |" in result.stdout
+
+
+def _load_worker(name: str) -> Any:
+    """benchmarks/peers/<name>.py as a module (the folder is no package: benchmarks/peers.py has its name)."""
+    path = REPO / "benchmarks" / "peers" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"peer_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_peers_worker_commands_parse_in_their_workers(tmp_path: Path) -> None:
+    """Every peer's command carries the same render settings into its worker's own parser; optimum-intel's static
+    and dynamic rows share one IR and differ only in the shapes they compile."""
+    from benchmarks.peers import PEERS, worker_command
+    from benchmarks.worker_report import PROMPT
+
+    args = argparse.Namespace(threads=2, size=512, venv_dir=tmp_path / "venvs", image_dir=tmp_path)
+    models = {"folder": tmp_path / "sd15-random", "single-file": tmp_path / "sd15.safetensors"}
+    parsed = {}
+    for name, peer in PEERS.items():
+        script, *command = worker_command(name, 20, args, models)
+        assert Path(script).name == peer.worker
+        parsed[name] = _load_worker(peer.worker.removesuffix(".py")).parser().parse_args(command)
+        p = parsed[name]
+        assert (p.steps, p.size, p.threads, p.guidance, p.seed, p.prompt) == (20, 512, 2, 7.5, 0, PROMPT)
+        assert p.model == str(models[peer.loads]) and p.out == str(tmp_path / f"{name}-20.png")
+    assert parsed["sdcpp-f16"].wtype == "f16" and parsed["sdcpp-q8_0"].sampler == "dpm++2m"
+    assert parsed["ours-equal-work"].settings == "equal-work" and parsed["ours-default"].settings == "default"
+    static, dynamic = parsed["optimum-intel-static"], parsed["optimum-intel-dynamic"]
+    assert (static.shapes, dynamic.shapes) == ("static", "dynamic") and static.ir == dynamic.ir
+    assert Path(static.ir).parent == tmp_path / "venvs" / "optimum-ir" and not static.convert_only
+    optimum = _load_worker("optimum_worker")
+    assert optimum.reshape_arguments(static) == {
+        "batch_size": 1,
+        "height": 512,
+        "width": 512,
+        "num_images_per_prompt": 1,
+    }
+    assert optimum.reshape_arguments(dynamic) is None
+    assert optimum.ov_config(static) == {"INFERENCE_NUM_THREADS": "2"}
+    with pytest.raises(SystemExit):
+        optimum.parser().parse_args(["--model", "m", "--ir", "i", "--shapes", "both"])
+
+
+def test_optimum_worker_converts_once_and_renders_only_a_converted_ir(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """optimum_worker.py without optimum-intel (this venv): an IR that is there is not converted again (no import
+    of optimum), and a render without an IR stops with what to run first."""
+    optimum = _load_worker("optimum_worker")
+    ir = tmp_path / "ir"
+    ir.mkdir()
+    (ir / "model_index.json").write_text("{}")
+    optimum.main(["--model", str(tmp_path / "folder"), "--ir", str(ir), "--convert-only"])
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == {"convert_s": None}
+    with pytest.raises(SystemExit, match="run with --convert-only first"):
+        optimum.main(["--model", str(tmp_path / "folder"), "--ir", str(tmp_path / "none"), "--shapes", "dynamic"])
+
+
+def test_peers_a_venv_that_does_not_build_keeps_its_rows_with_the_reason(
+    cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A peer venv whose pip install fails: each of its rows says why, with no figure, and it is tried once a run;
+    a conversion that fails (optimum-intel missing from the venv) does the same for its rows."""
+    from benchmarks import peers
+    from ldm.tiny import ensure_tiny_pretrained
+
+    tiny = ensure_tiny_pretrained(cache_dir / "tiny-sd15")
+    requirements = tmp_path / "requirements"
+    requirements.mkdir()
+    (requirements / "optimum.txt").write_text("/nonexistent/no_such_peer-0.0-py3-none-any.whl\n")
+    monkeypatch.setattr(peers, "PEERS_DIR", requirements)
+    builds = []
+    ensure_venv = peers.ensure_venv
+    monkeypatch.setattr(peers, "ensure_venv", lambda *a: builds.append(a) or ensure_venv(*a))
+    argv = ["--model", tiny, "--size", "64", "--steps", "2", "3", "--threads", "1", "--venv-dir", str(tmp_path / "v"),
+            "--image-dir", str(tmp_path / "img"), "--peers", "optimum-intel-static",
+            "optimum-intel-dynamic"]  # fmt: skip
+    peers.main([*argv, "--out-dir", str(tmp_path / "out")])
+    assert len(builds) == 1
+    lines = (tmp_path / "out" / "peers.md").read_text().splitlines()
+    rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in lines if line.startswith("| ")]
+    optimum_rows = [row for row in rows if row[0].startswith("optimum-intel")]
+    assert len(optimum_rows) == 4 and {row[0] for row in rows[1:]} == set(peers.PEERS)
+    for row in optimum_rows:
+        assert row[2].startswith("not measured: its venv did not build (pip install -r optimum.txt exited 1")
+        assert "No such file or directory" in row[2] and row[3:] == ["-"] * 5
+    results = json.loads((tmp_path / "out" / "peers.json").read_text())["results"]
+    assert all(set(r) == {"error"} for by_steps in results.values() for r in by_steps.values())
+
+    monkeypatch.setattr(peers, "PEERS_DIR", REPO / "benchmarks" / "peers")
+    monkeypatch.setattr(peers, "ensure_venv", lambda name, root: (Path(sys.executable), None))  # no optimum here
+    peers.main([*argv, "--out-dir", str(tmp_path / "out2")])
+    results = json.loads((tmp_path / "out2" / "peers.json").read_text())["results"]
+    errors = [r["error"] for by_steps in results.values() for r in by_steps.values()]
+    assert len(errors) == 4 and all(e.startswith("not measured: the conversion failed (") for e in errors)
+    assert "optimum" in errors[0]
+
+
+def test_peers_diffusers_and_ours_workers_render_a_tiny_model(cache_dir: Path, tmp_path: Path) -> None:
+    """diffusers' and our workers end to end through benchmarks/peers.py (a process each, tiny model, 64 px):
+    each returns the measured fields; equal work is diffusers' image (same solver, seed and guidance), and the
+    default guides only the steps in its interval."""
+    from ldm.tiny import ensure_tiny_pretrained
+
+    tiny = ensure_tiny_pretrained(cache_dir / "tiny-sd15")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "LDM_CACHE_DIR": str(cache_dir), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "benchmarks/peers.py", "--peers", "diffusers", "ours-equal-work", "ours-default",
+               "--model", tiny, "--size", "64", "--steps", "3", "--threads", "1", "--out-dir", str(tmp_path),
+               "--image-dir", str(tmp_path / "img"), "--venv-dir", str(tmp_path / "venvs")]  # fmt: skip
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((tmp_path / "peers.json").read_text())["results"]
+    assert set(results) == {"diffusers", "ours-equal-work", "ours-default"}
+    for peer, by_steps in results.items():
+        r = by_steps["3"]
+        assert "error" not in r, r
+        assert 0 < r["load_s"] < 300 and 0 < r["image_s"] < 300 and 0.05 < r["peak_rss_gib"] < 24
+        assert r["size"] == [64, 64] and 0 < r["pixel_std"] < 128 and 0 < r["pixel_mean"] < 255
+        assert r["step_s"] and all(0 < s < r["image_s"] for s in r["step_s"]) and "dpm++ x3" in r["settings"]
+        assert (tmp_path / "img" / f"{peer}-3.png").is_file()
+        row = next(line for line in result.stdout.splitlines() if line.startswith(f"| {peer} | 3 |"))
+        assert row.split(" | ")[2] == f"{r['image_s']:.1f}" and row.split(" | ")[6] == f"{r['pixel_std']:.1f}"
+    diffusers, equal, default = (results[p]["3"] for p in ("diffusers", "ours-equal-work", "ours-default"))
+    assert len(diffusers["step_s"]) == len(equal["step_s"]) == 2  # steps 2 and 3: every step guided
+    assert equal["kinds"] == ["full"] * 3 and equal["cond_step_s"] == []
+    assert equal["pixel_mean"] == pytest.approx(diffusers["pixel_mean"], abs=0.05)
+    assert equal["pixel_std"] == pytest.approx(diffusers["pixel_std"], abs=0.05)
+    assert default["kinds"] == ["full-cond", "full", "full"] and len(default["cond_step_s"]) == 1
+    assert "guidance 0.2-0.8 (2/3 steps)" in default["settings"]
 
 
 def _seed_report(base_before: float, base_after: float, new_after: float, colour_after: float) -> dict:
