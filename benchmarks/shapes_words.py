@@ -3,6 +3,7 @@
 python benchmarks/shapes_words.py --checkpoint outputs/DATE/TIME/checkpoints/last.ckpt        # the demo's world
 python benchmarks/shapes_words.py --world .cache/shapes-seeds/seed-2/shapes --checkpoint CKPT --name shapes_words-seed-2
 python benchmarks/shapes_words.py --world W --checkpoint CKPT --copy-row west=left   # can the encoder say it at all?
+python benchmarks/shapes_words.py --world W --checkpoint base --vocabulary base       # the base model, per word
 
 Renders the held-out and the training templates of one vocabulary (`--prompts` each, every combination of
 shape, colour and position equally often, prompt i with seed i) with the demo report's sampler
@@ -29,6 +30,7 @@ if __package__ in (None, ""):
 from benchmarks.common import compose_project_config, default_cache_dir, table, write_results
 
 TEMPLATE_SETS = ("held_out", "train")
+BASE_MODEL = "base"  # --checkpoint base: the world's base model itself, what a word's drop is read against
 
 
 def copy_rows(module: Any, pairs: list[str]) -> None:
@@ -63,7 +65,8 @@ def judged(
         guidance_rescale=report.guidance_rescale,
     )  # fmt: skip
     judge, _ = load_judge(world / "judge")
-    cfg = compose_sample(str(world / "base"), checkpoint, ["engine.backend=torch", "dtype=fp32"])
+    chosen_checkpoint = None if checkpoint == BASE_MODEL else checkpoint
+    cfg = compose_sample(str(world / "base"), chosen_checkpoint, ["engine.backend=torch", "dtype=fp32"])
     module = load_for_inference(cfg, base_override=True)
     copy_rows(module, list(copy))
     result = {}
@@ -97,7 +100,11 @@ def words_table(result: dict[str, Any], vocabulary: str) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--world", type=Path, default=default_cache_dir() / "shapes", help="a shapes cache folder")
-    parser.add_argument("--checkpoint", required=True, help="the stage-3 checkpoint (or final_model/) to judge")
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        help="the stage-3 checkpoint (or final_model/) to judge; `base`: the base model itself",
+    )
     parser.add_argument("--vocabulary", choices=["new", "base"], default="new")
     parser.add_argument("--prompts", type=int, default=360, help="prompts per template set (120 a cycle)")
     parser.add_argument("--threads", type=int, default=2)

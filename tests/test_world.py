@@ -419,11 +419,57 @@ def test_new_word_search_gives_each_word_the_row_with_the_lowest_loss(stages, tm
     base_ids = sorted(caption_token_ids(BASE, tokenizer))
     with torch.no_grad(), torch_threads(1):
         score = loss_of_rows(module, pixels, ids, seed=0)
-        kept, losses = score(), []
+        kept, losses = float(score().mean()), []
         for row in [before[last].clone(), *(after[i].clone() for i in base_ids)]:
             table.data[last] = row
-            losses.append(score())
+            losses.append(float(score().mean()))
     assert kept == pytest.approx(min(losses), abs=1e-7) and max(losses) > kept
+
+
+def test_new_word_search_keeps_a_words_own_row_without_evidence(stages, tmp_path: Path, caplog) -> None:
+    """min_evidence: a word takes its best row only if that row beats its own by a paired t of at least that;
+    below it the own row stays, and with an infinite threshold no row moves at all."""
+    import logging
+
+    from ldm.world.word_search import search_new_word_rows, training_samples
+
+    shapes, _, _ = stages
+    cfg = compose_config(
+        "train", ["experiment=shapes", f"paths.output_dir={tmp_path}", f"paths.cache_dir={shapes.parent}", *SMALL]
+    )
+    samples = training_samples(shapes / "world" / "mix", "auto", val_fraction=0.1, split_seed=0)
+
+    def search(min_evidence: float) -> tuple[dict[str, str], list[tuple], bool]:
+        module = build_module(cfg)
+        table = module.text_encoder.get_input_embeddings().weight
+        before = table.detach().clone()
+        caplog.clear()
+        with caplog.at_level(logging.DEBUG, logger="ldm.world.word_search"), torch_threads(1):
+            chosen = search_new_word_rows(module, samples, captions_per_word=4, min_evidence=min_evidence)
+        decisions = [r.args for r in caplog.records if r.msg.startswith("new word %s: best")]
+        return chosen, decisions, torch.equal(table.detach(), before)
+
+    _, decisions, _ = search(0.0)
+    evidence = sorted(t for *_, t, _ in decisions)
+    threshold = evidence[len(evidence) // 2]  # the median t: some words above it, some below
+    chosen, decisions, _ = search(threshold)
+    assert len(decisions) == len(chosen)
+    for word, best, _, _, t, kept in decisions:
+        assert chosen[word] == kept == (best if t >= threshold else "(its own row)"), (word, best, t)
+    assert {"(its own row)"} < set(chosen.values())  # both: some words copied a row, some kept their own
+    chosen, _, unmoved = search(float("inf"))
+    assert unmoved and set(chosen.values()) == {"(its own row)"}
+
+
+def test_improvement_is_the_paired_t_of_the_loss_falling() -> None:
+    from ldm.world.word_search import improvement
+
+    before = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    after = before - torch.tensor([0.1, 0.2, 0.1, 0.2])  # falls by 0.15 on average, spread 0.0577 / sqrt(4)
+    assert improvement(before, after) == pytest.approx(0.15 / (0.057735 / 2), rel=1e-4)
+    assert improvement(after, before) == pytest.approx(-improvement(before, after))
+    assert improvement(before, before - 0.5) == float("inf")  # the same fall on every caption
+    assert improvement(before, before) == 0.0
 
 
 @pytest.mark.parametrize(
@@ -442,6 +488,8 @@ def test_new_word_search_refuses_rows_that_were_trained_or_are_not_its_own(hpara
     search = NewWordSearch(root="/nowhere", layout="auto", val_fraction=0.1, split_seed=0)
     with pytest.raises(ConfigError, match=message):
         search.setup(SimpleNamespace(), SimpleNamespace(hparams=hparams, adapter=adapter), "fit")
+    with pytest.raises(ConfigError, match=r"min_evidence=-1\.0: expected a number >= 0"):
+        NewWordSearch(root="/nowhere", layout="auto", val_fraction=0.1, split_seed=0, min_evidence=-1.0)
 
 
 def test_new_word_search_leaves_a_resumed_run_as_trained() -> None:

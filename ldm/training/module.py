@@ -156,10 +156,16 @@ class TextEncoderFineTuner(L.LightningModule):
         return self.denoising_loss(latents, noise, timesteps, batch["input_ids"])
 
     def denoising_loss(
-        self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor, input_ids: torch.Tensor
+        self,
+        latents: torch.Tensor,
+        noise: torch.Tensor,
+        timesteps: torch.Tensor,
+        input_ids: torch.Tensor,
+        per_sample: bool = False,
     ) -> torch.Tensor:
         """MSE of the U-Net's prediction (epsilon or v, as the scheduler says) for these latents noised to
-        `timesteps`, conditioned on the text encoder's output for `input_ids`."""
+        `timesteps`, conditioned on the text encoder's output for `input_ids`; with `per_sample`, one MSE per
+        sample (B,), for callers that compare two encoders caption by caption."""
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
         if self.noise_scheduler.config.prediction_type == "v_prediction":
             target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
@@ -167,6 +173,8 @@ class TextEncoderFineTuner(L.LightningModule):
             target = noise
         hidden = self.encode_text(input_ids)  # (B, 77, cross_attention_dim)
         pred = self.unet(noisy.to(self.unet.dtype), timesteps, hidden.to(self.unet.dtype)).sample
+        if per_sample:
+            return ((pred.float() - target.float()) ** 2).flatten(1).mean(dim=1)
         return F.mse_loss(pred.float(), target.float())
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
