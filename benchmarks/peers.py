@@ -246,6 +246,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--image-dir", type=Path, default=ROOT / "outputs" / "peers", help="each render's PNG")
     parser.add_argument("--smoke", action="store_true", help="tests: no peer is built or run")
     parser.add_argument("--out-dir", type=Path, default=None)
+    parser.add_argument("--name", default="peers", help="the result files' name (a partial run: not peers.md)")
     args = parser.parse_args(argv)
     args.image_dir.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict[int, dict[str, Any]]] = {}
@@ -269,7 +270,7 @@ def main(argv: list[str] | None = None) -> None:
         + table(HEADERS, rows_for(results, args.steps))
         + "\n"
     )
-    print_and_write("peers", text, results, out_dir=args.out_dir, smoke=args.smoke)
+    print_and_write(args.name, text, results, out_dir=args.out_dir, smoke=args.smoke)
 
 
 if __name__ == "__main__":
