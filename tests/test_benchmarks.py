@@ -431,7 +431,10 @@ def _seed_report(base_before: float, base_after: float, new_after: float, colour
             "colour": colour,
             "position": mean,
             "mean": mean,
-            "ci95": {"mean": [mean - 0.05, mean + 0.05]},
+            "ci95": {
+                key: [share - 0.05, share + 0.05]
+                for key, share in [("shape", mean), ("colour", colour), ("position", mean), ("mean", mean)]
+            },
         }
 
     drop = base_before - base_after
@@ -455,7 +458,9 @@ def test_shapes_seeds_table_gives_every_seed_its_interval_and_the_spread() -> No
     assert new[:3] == [">= 88", "90.0 [85.0, 95.0]", "86.0 [81.0, 91.0]"]
     assert new[3:] == ["88.0", "86.0", "90.0", "MISSED"]  # mean, min, max; seed 1 misses
     assert rows["drop on base prompts"][-1] == "met" and rows["drop on base prompts"][1] == "0.5 [-7.5, 8.5]"
-    assert rows["drop on base colour"][1:3] == ["1.0", "10.0"] and rows["drop on base colour"][-1] == "MISSED"
+    # per attribute too, Newcombe's interval from each side's (here ±5-point) Wilson interval
+    assert rows["drop on base colour"][1:3] == ["1.0 [-6.1, 8.1]", "10.0 [2.9, 17.1]"]
+    assert rows["drop on base colour"][-1] == "MISSED"
     assert rows["base model on new prompts, above chance"][1].startswith("0.4 [")  # 21% against chance 20.6%
 
 
