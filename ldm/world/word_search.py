@@ -160,10 +160,9 @@ def search_new_word_rows(
                 best_losses, best_id = losses, candidate
         evidence = improvement(own_losses, best_losses)
         word, best = tokenizer.decode([word_id]), "(its own row)" if best_id is None else tokenizer.decode([best_id])
-        if best_id is not None and evidence < min_evidence:
-            best_id = None
-        embeddings[word_id] = own if best_id is None else embeddings[best_id]
-        chosen[word] = "(its own row)" if best_id is None else best
+        copied = best_id is not None and evidence >= min_evidence
+        embeddings[word_id] = embeddings[best_id] if copied else own
+        chosen[word] = best if copied else "(its own row)"
         log.debug("new word %s: best %s, loss %.4f -> %.4f, t %.1f: %s", word, best, own_losses.mean(),
                   best_losses.mean(), evidence, chosen[word])  # fmt: skip
     log.info("new words start from: %s", ", ".join(f"{w} <- {s}" for w, s in chosen.items()))
